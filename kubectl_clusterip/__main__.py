@@ -1,0 +1,3 @@
+from kubectl_clusterip.cli import main
+
+main()

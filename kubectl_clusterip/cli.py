@@ -1,0 +1,154 @@
+"""The `kubectl clusterip` command line: a thin shell over the pure engine."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kubectl_clusterip import __version__
+from kubectl_clusterip.dumps import read_text
+from kubectl_clusterip.engine import (
+    Request,
+    node_context,
+    node_name,
+    parse_target,
+    run_trace,
+    service_ports,
+)
+from kubectl_clusterip.findings import has_errors
+from kubectl_clusterip.model import PROTOCOLS, ClusterIPError, select_ports
+from kubectl_clusterip.render import dump, services_table, trace_report, traces_document
+from kubectl_clusterip.snapshot import Snapshot, from_rule_files, load_snapshot
+
+EXIT_BROKEN = 1  # traced, and an error-level finding says the path is broken
+EXIT_FAILED = 2  # could not trace: bad usage, unreadable input, missing service
+
+OUTPUTS = click.Choice(["text", "json", "yaml"])
+
+
+class Group(click.Group):
+    """Turns ClusterIPError into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except ClusterIPError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+def load_snapshot_from(rules_files: tuple[str, ...], snapshot_dir: str | None) -> Snapshot:
+    """Offline inputs become a snapshot; the live cluster is the default when none is given."""
+    if rules_files and snapshot_dir:
+        raise ClusterIPError("give --rules-file or --snapshot, not both")
+    if snapshot_dir:
+        return load_snapshot(snapshot_dir)
+    if rules_files:
+        return from_rule_files(list(rules_files), read_text)
+    raise ClusterIPError("give --rules-file DUMP or --snapshot DIR")
+
+
+def rules_source_options(f):
+    f = click.option("--snapshot", "snapshot_dir", metavar="DIR",
+                     help="A snapshot directory (see `capture`) instead of a live cluster.")(f)
+    f = click.option("--rules-file", "rules_files", multiple=True, metavar="DUMP",
+                     help="A node's iptables-save / ip6tables-save output (repeatable; "
+                          "- is stdin).")(f)
+    return f
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="kubectl clusterip",
+                      message="%(prog)s %(version)s")
+def main() -> None:
+    """Trace and diagnose Kubernetes ClusterIP Services.
+
+    \b
+    Follow one request from the ClusterIP through kube-proxy's rules to the endpoint
+    that answers, and back through conntrack; say which step is broken and why.
+    """
+
+
+@main.command()
+@click.argument("target", required=False)
+@rules_source_options
+@click.option("--to", "to", metavar="IP:PORT", help="Trace a request to this address.")
+@click.option("-n", "--namespace", help="Namespace of TARGET when it has none.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), help="Protocol (default: tcp, or "
+              "the service port's own).")
+@click.option("--source-ip", metavar="IP", help="Client address (default: a pod address).")
+@click.option("--source-port", type=click.IntRange(1, 65535), default=51234, show_default=True,
+              help="Client port.")
+@click.option("--from-host", is_flag=True, help="The client is a host-network process: the "
+              "request enters nat OUTPUT instead of PREROUTING.")
+@click.option("--node", "node", metavar="NODE", help="Trace on this node of the snapshot.")
+@click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+              help="An address of the node (repeatable): decides addrtype LOCAL matches.")
+@click.option("-o", "--output", type=OUTPUTS, default="text", show_default=True)
+def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
+          to: str | None, namespace: str | None, protocol: str | None, source_ip: str | None,
+          source_port: int, from_host: bool, node: str | None, node_ips: tuple[str, ...],
+          output: str) -> None:
+    """Trace one request to a Service through the node's kube-proxy rules.
+
+    \b
+    TARGET is NAMESPACE/NAME[:PORT] (or NAME with -n); without a snapshot it is found
+    through kube-proxy's rule comments. Or give --to IP:PORT.
+
+    \b
+    Examples:
+      kubectl clusterip trace default/my-service --snapshot examples/kind-my-service
+      kubectl clusterip trace default/my-service --rules-file iptables-save.txt
+      kubectl clusterip trace --to 10.96.0.10:53 --protocol udp --rules-file dump.txt
+      kubectl clusterip trace --to [fd00:10:96::a]:53 --rules-file v4.txt --rules-file v6.txt
+
+    \b
+    Exit codes: 0 the request reaches an endpoint, 1 a step is broken (an error-level
+    finding), 2 the trace could not be made (bad usage or input).
+    """
+    snap = load_snapshot_from(rules_files, snapshot_dir)
+    req = Request(target, namespace, to, protocol, source_ip, source_port, from_host, node,
+                  node_ips)
+    traces = run_trace(snap, req)
+    ctx = node_context(snap, node_name(snap, req), node_ips)
+    if output == "text":
+        click.echo("\n\n".join(trace_report(t, ctx) for t in traces))
+    else:
+        click.echo(dump(traces_document(traces), output))
+    if any(has_errors(t.findings) for t in traces):
+        sys.exit(EXIT_BROKEN)
+
+
+@main.command()
+@click.argument("target", required=False)
+@rules_source_options
+@click.option("-n", "--namespace", help="Only services in this namespace.")
+@click.option("--node", "node", metavar="NODE", help="The node of the snapshot to show.")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]),
+              default="table", show_default=True)
+def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
+          namespace: str | None, node: str | None, output: str) -> None:
+    """Show every service port kube-proxy programs on a node, with its endpoints and odds.
+
+    \b
+    Examples:
+      kubectl clusterip rules --snapshot examples/kind-my-service
+      kubectl clusterip rules kube-system/kube-dns --rules-file iptables-save.txt -o json
+    """
+    snap = load_snapshot_from(rules_files, snapshot_dir)
+    modes, ports = service_ports(snap, node)
+    if target:
+        ns, name, port_sel = parse_target(target, namespace)
+        ports = select_ports(ports, ns, name, port_sel)
+        if not ports:
+            raise ClusterIPError(f"service {target} not found in the rules")
+    elif namespace:
+        ports = [sp for sp in ports if sp.namespace == namespace]
+    if output in ("json", "yaml"):
+        click.echo(dump({"kind": "ServicePortList", "proxyMode": ",".join(modes),
+                         "items": [sp.to_dict() for sp in ports]}, output))
+    elif not ports:
+        click.echo("No service ports found.", err=True)
+    else:
+        click.echo(services_table(ports, wide=output == "wide"))

@@ -1,0 +1,205 @@
+"""From a snapshot and what the user asked to traces: where every source and mode meet."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+
+from kubectl_clusterip.dumps import Dataplane, parse_dump
+from kubectl_clusterip.model import (
+    Address,
+    ClusterIPError,
+    Node,
+    Packet,
+    ServicePort,
+    Trace,
+    select_ports,
+)
+from kubectl_clusterip.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked: a service (TARGET) or an address (--to), and who asks."""
+
+    target: str | None = None  # NAMESPACE/NAME[:PORT], or NAME[:PORT] with namespace
+    namespace: str | None = None
+    to: str | None = None  # IP:PORT or [IPv6]:PORT
+    protocol: str | None = None
+    source_ip: str | None = None
+    source_port: int = 51234
+    from_host: bool = False
+    node: str | None = None  # whose rules; default the snapshot's client node
+    node_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One request to trace: a dataplane, a service address, and the service if known."""
+
+    dataplane: Dataplane
+    ip: str
+    port: int
+    protocol: str
+    service: str | None = None  # ns/name:port from the API or the rule comments
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`10.96.0.1:80` or `[fd00::1]:80`."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ClusterIPError(f"--to {value}: write IPv6 as [ADDRESS]:PORT")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ClusterIPError(f"--to {value}: expected IP:PORT, e.g. 10.96.0.10:53") from None
+    if not sep or not 0 < number < 65536:
+        raise ClusterIPError(f"--to {value}: expected IP:PORT with a port from 1 to 65535")
+    return host, number
+
+
+def parse_target(target: str, namespace: str | None) -> tuple[str, str, str | None]:
+    """`NAMESPACE/NAME[:PORT]` or `NAME[:PORT]` (namespace from -n, else default)."""
+    ns, slash, rest = target.rpartition("/")
+    if not slash:
+        ns = namespace or "default"
+    name, _, port = rest.partition(":")
+    if not name or not ns or "/" in ns:
+        raise ClusterIPError(f"{target}: expected NAMESPACE/NAME[:PORT]")
+    return ns, name, port or None
+
+
+def node_name(snap: Snapshot, req: Request) -> str:
+    name = req.node if req.node is not None else snap.client_node
+    if name is None or name not in snap.nodes:
+        known = ", ".join(n for n in snap.nodes if n) or "none"
+        raise ClusterIPError(f"no rule dumps for node {name!r} in {snap.source} (nodes: {known})")
+    return name
+
+
+def dataplanes(snap: Snapshot, node: str) -> list[Dataplane]:
+    dumps = snap.nodes[node].rule_dumps()
+    if not dumps:
+        raise ClusterIPError(f"node {node or '(dump)'}: no rule dumps in {snap.source}")
+    return [parse_dump(text, source) for source, text in dumps]
+
+
+def node_context(snap: Snapshot, node: str, node_ips: tuple[str, ...]) -> Node:
+    base = snap.nodes[node].node()
+    extra = tuple(Address(ip, 128 if ":" in ip else 32) for ip in node_ips)
+    return replace(base, name=node or None, addresses=base.addresses + extra)
+
+
+def resolve(snap: Snapshot, dps: list[Dataplane], req: Request) -> list[Target]:
+    if bool(req.target) == bool(req.to):
+        raise ClusterIPError("give a TARGET (NAMESPACE/NAME[:PORT]) or --to IP:PORT, not both")
+    if req.to:
+        ip, port = parse_host_port(req.to)
+        family = ipaddress.ip_address(ip).version
+        fitting = [dp for dp in dps if dp.family == family]
+        if not fitting:
+            raise ClusterIPError(f"no IPv{family} rules given for {req.to}")
+        return [Target(fitting[0], ip, port, req.protocol or "tcp")]
+    assert req.target is not None
+    ns, name, port_sel = parse_target(req.target, req.namespace)
+    if snap.has_objects():
+        return _resolve_from_api(snap, dps, ns, name, port_sel, req.protocol)
+    out = []
+    for dp in dps:
+        for sp in select_ports(dp.services(), ns, name, port_sel):
+            if (req.protocol is None or sp.protocol == req.protocol) and sp.cluster_ip and sp.port:
+                out.append(Target(dp, sp.cluster_ip, sp.port, sp.protocol, sp.name))
+    if not out:
+        what = f"{ns}/{name}" + (f":{port_sel}" if port_sel else "")
+        raise ClusterIPError(f"service {what} not found in the rules of "
+                             f"{', '.join(dp.source for dp in dps)}")
+    return out
+
+
+def _resolve_from_api(snap: Snapshot, dps: list[Dataplane], ns: str, name: str,
+                      port_sel: str | None, protocol: str | None) -> list[Target]:
+    """The Service object decides what to trace, so a service missing from the rules shows."""
+    svc = snap.get("Service", ns, name)
+    if svc is None:
+        raise ClusterIPError(f"service {ns}/{name} not found")
+    spec = svc.get("spec", {})
+    if spec.get("type") == "ExternalName":
+        raise ClusterIPError(f"service {ns}/{name} is ExternalName: DNS answers with a CNAME "
+                             f"to {spec.get('externalName')}; no ClusterIP to trace")
+    ips = [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip and ip != "None"]
+    if not ips:
+        raise ClusterIPError(f"service {ns}/{name} is headless (clusterIP: None): DNS returns "
+                             "the pod IPs and kube-proxy does not touch its traffic")
+    out = []
+    for p in spec.get("ports") or []:
+        pname, number = p.get("name") or "", int(p.get("port", 0))
+        proto = (p.get("protocol") or "TCP").lower()
+        if port_sel and port_sel not in (pname, str(number)):
+            continue
+        if protocol and proto != protocol:
+            continue
+        for ip in ips:
+            family = ipaddress.ip_address(ip).version
+            fitting = [dp for dp in dps if dp.family == family]
+            if fitting:
+                svc_port = f"{ns}/{name}" + (f":{pname}" if pname else "")
+                out.append(Target(fitting[0], ip, number, proto, svc_port))
+    if not out:
+        ports = ", ".join(f"{p.get('name') or p.get('port')}/{p.get('protocol', 'TCP')}"
+                          for p in spec.get("ports") or []) or "none"
+        want = f" port {port_sel}" if port_sel else ""
+        raise ClusterIPError(f"service {ns}/{name} has no{want} port to trace with rules of a "
+                             f"matching IP family (ports: {ports})")
+    return out
+
+
+def default_source(dp: Dataplane, avoid: set[str], node: Node,
+                   from_host: bool) -> tuple[str, str]:
+    """A client address for the trace, and how it was chosen (the report says so)."""
+    if from_host:
+        for a in node.addresses:
+            if ipaddress.ip_address(a.ip).version == dp.family and not a.ip.startswith("127."):
+                return a.ip, f"the node address {a.ip}"
+    for cidr in dp.cluster_cidrs():
+        net = ipaddress.ip_network(cidr, strict=False)
+        for offset in range(100, 200):
+            ip = str(net.network_address + offset)
+            if ip not in avoid:
+                return ip, f"an assumed pod address in the cluster CIDR {cidr} (set --source-ip)"
+    ip = "192.0.2.100" if dp.family == 4 else "2001:db8::100"
+    return ip, "a placeholder: the rules name no cluster CIDR (set --source-ip)"
+
+
+def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
+    node = node_name(snap, req)
+    dps = dataplanes(snap, node)
+    ctx = node_context(snap, node, req.node_ips)
+    traces = []
+    for t in resolve(snap, dps, req):
+        avoid = {e[0] for sp in t.dataplane.services() if sp.cluster_ip == t.ip
+                 for e in sp.endpoints}
+        if req.source_ip:
+            src, why = req.source_ip, ""
+            if ipaddress.ip_address(src).version != t.dataplane.family:
+                raise ClusterIPError(f"--source-ip {src} is not IPv{t.dataplane.family} "
+                                     f"like {t.ip}")
+        else:
+            src, why = default_source(t.dataplane, avoid, ctx, req.from_host)
+        packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
+        trace = t.dataplane.trace(packet, ctx)
+        if trace.service is None and t.service:
+            trace.service = t.service
+        if why:
+            trace.notes.insert(0, f"source {src}: {why}")
+        traces.append(trace)
+    return traces
+
+
+def service_ports(snap: Snapshot, node: str | None = None) -> tuple[list[str], list[ServicePort]]:
+    """Every service port the node's dataplanes program, and the modes they are in."""
+    name = node_name(snap, Request(node=node))
+    dps = dataplanes(snap, name)
+    return sorted({dp.mode for dp in dps}), [sp for dp in dps for sp in dp.services()]

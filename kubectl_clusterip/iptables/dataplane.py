@@ -1,0 +1,169 @@
+"""kube-proxy's iptables mode as a dataplane: the services it programs and one request's path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kubectl_clusterip.iptables.parse import Rule, Ruleset, parse_iptables_save, parse_rule
+from kubectl_clusterip.iptables.walk import Walker
+from kubectl_clusterip.model import Node, Packet, Path, ServicePort, Step, Trace
+from kubectl_clusterip.trace import assemble
+
+# Comment suffixes kube-proxy puts on the rules that capture a service's traffic.
+CAPTURE_SUFFIXES = (" cluster IP", " external IP", " loadbalancer IP")
+_PROBE_SOURCE = {4: "192.0.2.1", 6: "2001:db8::1"}  # documentation ranges: never endpoints
+
+
+def service_name_from_comment(comment: str) -> str:
+    """The svcPortName in a capture or REJECT comment; old releases left a trailing ':'."""
+    for suffix in (*CAPTURE_SUFFIXES, " has no endpoints", " has no local endpoints"):
+        if comment.endswith(suffix):
+            comment = comment[: -len(suffix)]
+            break
+    return comment[:-1] if comment.endswith(":") else comment
+
+
+def _host(cidr: str) -> str:
+    return cidr.split("/", 1)[0]
+
+
+@dataclass
+class IptablesDataplane:
+    ruleset: Ruleset
+    mode: str = "iptables"
+    _services: list[ServicePort] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "") -> IptablesDataplane:
+        return cls(parse_iptables_save(text, source))
+
+    @property
+    def family(self) -> int:
+        return self.ruleset.family
+
+    @property
+    def source(self) -> str:
+        return self.ruleset.source
+
+    def has_kube_proxy(self) -> bool:
+        nat = self.ruleset.table("nat")
+        return bool(nat and (nat.has_chain("KUBE-SERVICES") or any(
+            c.startswith("KUBE-SVC-") for c in nat.policies)))
+
+    def walk(self, packet: Packet, node: Node | None = None,
+             recent: dict[str, set[str]] | None = None) -> list[Path]:
+        walker = Walker(self.ruleset, node or Node(), recent or {}, self.service_ips(),
+                        tuple(self.cluster_cidrs()))
+        return walker.walk(packet)
+
+    def service_ips(self) -> frozenset[str]:
+        """Every address a KUBE-SERVICES rule names: Service IPs, never the node's own."""
+        ips = set()
+        for table in ("nat", "filter"):
+            for r in self.ruleset.rules(table, "KUBE-SERVICES"):
+                d = r.option("", "-d")
+                if d is not None and not d.negated:
+                    ips.add(_host(d.value))
+        return frozenset(ips)
+
+    def trace(self, packet: Packet, node: Node | None = None,
+              recent: dict[str, set[str]] | None = None) -> Trace:
+        paths = self.walk(packet, node, recent)
+        step = _capture_step(paths)
+        name = service_name_from_comment(parse_rule(step.table, step.rule).comment or "") \
+            if step else None
+        return assemble(packet, self.mode, paths, name, step)
+
+    def cluster_cidrs(self) -> list[str]:
+        """The pod CIDRs kube-proxy's masquerade rules exempt (its local-traffic detector)."""
+        cidrs: list[str] = []
+        for chain in self.ruleset.chains("nat"):
+            if not (chain.startswith("KUBE-SVC-") or chain == "KUBE-SERVICES"):
+                continue
+            for r in self.ruleset.rules("nat", chain):
+                o = r.option("", "-s")
+                if r.target == "KUBE-MARK-MASQ" and o and o.negated and o.value not in cidrs:
+                    cidrs.append(o.value)
+            if cidrs:
+                break
+        return cidrs
+
+    # -- the services view ------------------------------------------------------------------
+
+    def services(self) -> list[ServicePort]:
+        if self._services is None:
+            self._services = self._read_services()
+        return self._services
+
+    def _read_services(self) -> list[ServicePort]:
+        found: dict[tuple[str, str, str, int], ServicePort] = {}
+        for r in self.ruleset.rules("nat", "KUBE-SERVICES"):
+            comment = r.comment or ""
+            if not comment.endswith(" cluster IP") or r.target == "KUBE-MARK-MASQ":
+                continue
+            sp = self._capture(r, service_name_from_comment(comment))
+            if sp is not None:
+                found[(sp.name, sp.protocol, sp.cluster_ip or "", sp.port or 0)] = sp
+        filt = self.ruleset.rules("filter", "KUBE-SERVICES")
+        for r in filt:
+            comment = r.comment or ""
+            if not comment.endswith("endpoints") or r.target not in ("REJECT", "DROP"):
+                continue
+            name = service_name_from_comment(comment)
+            d, p, dport = r.option("", "-d"), r.option("", "-p"), _dport(r)
+            if d is None or p is None or dport is None:
+                continue
+            key = (name, p.value, _host(d.value), dport)
+            status = "no-local-endpoints" if "local" in comment else "no-endpoints"
+            if key in found:
+                found[key].status = status
+            else:
+                found[key] = ServicePort(name, p.value, _host(d.value), dport, [], status,
+                                         family=self.family)
+        return sorted(found.values(), key=lambda s: (s.name, s.protocol, s.port or 0))
+
+    def _capture(self, r: Rule, name: str) -> ServicePort | None:
+        d, p, dport = r.option("", "-d"), r.option("", "-p"), _dport(r)
+        if d is None or p is None or dport is None or r.target is None:
+            return None
+        cip = _host(d.value)
+        probe = Packet(_PROBE_SOURCE[self.family], cip, dport, p.value)
+        walker = Walker(self.ruleset)
+        shares: dict[tuple[str, int], float] = {}
+        missing = 0.0
+        for st, _verdict in walker.walk_chain("nat", r.target, probe):
+            if st.dnat:
+                shares[st.dnat] = shares.get(st.dnat, 0.0) + st.probability
+            else:
+                missing += st.probability
+        affinity = None
+        for rule in self.ruleset.rules("nat", r.target):
+            o = rule.option("recent", "--seconds")
+            if o and rule.option("recent", "--rcheck"):
+                affinity = int(o.value)
+                break
+        endpoints = [(ip, port, pr) for (ip, port), pr in sorted(shares.items())]
+        status = "ok" if missing < 1e-9 else ("no-endpoints" if not shares else "partial")
+        return ServicePort(name, p.value, cip, dport, endpoints, status, affinity, r.target,
+                           self.family)
+
+
+def _dport(r: Rule) -> int | None:
+    for module in ("tcp", "udp", "sctp"):
+        o = r.option(module, "--dport")
+        if o is not None:
+            return int(o.value)
+    return None
+
+
+def _capture_step(paths: list[Path]) -> Step | None:
+    """The first kube-proxy rule that claimed the packet for a service, by its comment."""
+    for p in paths:
+        for step in p.steps:
+            if step.chain not in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"):
+                continue
+            comment = parse_rule(step.table, step.rule).comment
+            if comment and (comment.endswith(CAPTURE_SUFFIXES) or "endpoints" in comment
+                            or step.chain == "KUBE-NODEPORTS"):
+                return step
+    return None

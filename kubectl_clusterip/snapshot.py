@@ -1,0 +1,160 @@
+"""The snapshot: everything one trace needs, in one shape whatever it came from.
+
+A live cluster, a directory on disk and a bare rule dump all become a Snapshot, so the
+engine never knows where its data came from. On disk (docs/snapshot.md):
+
+    snapshot.yaml     what was captured: when, by which version, service, client node/pod
+    objects.yaml      a v1 List as `kubectl get -o yaml` prints it
+    nodes/<node>/     raw command output, one file per command (NODE_FILES)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kubectl_clusterip.model import Address, ClusterIPError, Node, Route
+
+# File name -> the command whose output it holds (the debug pod runs these).
+NODE_FILES = {
+    "iptables-save.txt": "iptables-save",
+    "ip6tables-save.txt": "ip6tables-save",
+    "nft-ruleset.json": "nft -j list ruleset",
+    "nft-ruleset.txt": "nft list ruleset",
+    "ipvsadm-save.txt": "ipvsadm-save -n",
+    "ipset-save.txt": "ipset save",
+    "conntrack.txt": "conntrack -L",
+    "proxy-mode": "curl -s 127.0.0.1:10249/proxyMode",
+    "ip-addr.json": "ip -j addr show",
+    "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
+}
+RULE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "nft-ruleset.json", "nft-ruleset.txt",
+              "ipvsadm-save.txt")
+SNAPSHOT_API = "clusterip.kubectl.dev/v1alpha1"
+
+
+@dataclass
+class NodeDumps:
+    name: str
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text
+
+    def node(self) -> Node:
+        """The node's addresses and routes, from `ip -j addr` / `ip -j route` output."""
+        return node_from_ip_json(self.name, self.files.get("ip-addr.json", ""),
+                                 self.files.get("ip-route.json", ""))
+
+    def rule_dumps(self) -> list[tuple[str, str]]:
+        """Rule dumps in a fixed order; files not named like NODE_FILES are dumps given by hand."""
+        known = [(f"{self.name}/{f}", self.files[f]) for f in RULE_FILES if f in self.files]
+        return known + [(f, t) for f, t in self.files.items() if f not in NODE_FILES]
+
+
+@dataclass
+class Snapshot:
+    meta: dict = field(default_factory=dict)
+    objects: list[dict] = field(default_factory=list)
+    nodes: dict[str, NodeDumps] = field(default_factory=dict)
+    source: str = ""
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [o for o in self.objects if o.get("kind") == kind]
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        for o in self.of_kind(kind):
+            md = o.get("metadata", {})
+            if md.get("name") == name and (namespace is None or md.get("namespace") == namespace):
+                return o
+        return None
+
+    @property
+    def client_node(self) -> str | None:
+        return self.meta.get("clientNode") or (next(iter(self.nodes)) if self.nodes else None)
+
+    def has_objects(self) -> bool:
+        return bool(self.objects)
+
+
+def from_rule_files(paths: list[str], read) -> Snapshot:
+    """A partial snapshot of one node from dumps given on the command line."""
+    files = {p: read(p) for p in paths}
+    return Snapshot({"ruleFiles": list(paths)}, [], {"": NodeDumps("", files)}, ", ".join(paths))
+
+
+def node_from_ip_json(name: str | None, addr_json: str, route_json: str) -> Node:
+    addresses: list[Address] = []
+    routes: list[Route] = []
+    try:
+        for link in _json_list(addr_json):
+            for a in link.get("addr_info", []):
+                if a.get("family") in ("inet", "inet6") and a.get("scope") != "link":
+                    addresses.append(Address(a["local"], int(a.get("prefixlen", 32)),
+                                             link.get("ifname", "")))
+        for r in _json_list(route_json):
+            if r.get("type", "unicast") != "unicast":
+                continue
+            routes.append(Route(r.get("dst", "default"), r.get("dev", ""), r.get("prefsrc"),
+                                r.get("gateway")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ClusterIPError(f"node {name}: unreadable ip -j output ({e})") from None
+    return Node(name, tuple(addresses), tuple(routes))
+
+
+def _json_list(text: str) -> list[dict]:
+    """`ip -j` prints one JSON array per command; two commands' output may be concatenated."""
+    out: list[dict] = []
+    dec = json.JSONDecoder()
+    i, text = 0, text.strip()
+    while i < len(text):
+        value, end = dec.raw_decode(text, i)
+        out.extend(value if isinstance(value, list) else [value])
+        i = end
+        while i < len(text) and text[i].isspace():
+            i += 1
+    return out
+
+
+def load_snapshot(directory: str) -> Snapshot:
+    root = Path(directory)
+    if not root.is_dir():
+        raise ClusterIPError(f"{directory}: not a snapshot directory")
+    meta_file, objects_file = root / "snapshot.yaml", root / "objects.yaml"
+    if not meta_file.exists() and not (root / "nodes").is_dir():
+        raise ClusterIPError(f"{directory}: not a snapshot (no snapshot.yaml or nodes/)")
+    try:
+        meta = yaml.safe_load(meta_file.read_text()) or {} if meta_file.exists() else {}
+        listed = yaml.safe_load(objects_file.read_text()) or {} if objects_file.exists() else {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0]
+        raise ClusterIPError(f"{directory}: unreadable snapshot: {first}") from None
+    if not isinstance(meta, dict) or not isinstance(listed, dict):
+        raise ClusterIPError(f"{directory}: snapshot.yaml and objects.yaml must be mappings")
+    objects = listed.get("items") or []
+    nodes: dict[str, NodeDumps] = {}
+    nodes_dir = root / "nodes"
+    if nodes_dir.is_dir():
+        for d in sorted(p for p in nodes_dir.iterdir() if p.is_dir()):
+            files = {}
+            for f in sorted(d.iterdir()):
+                if f.is_file():
+                    try:
+                        files[f.name] = f.read_text()
+                    except (OSError, UnicodeDecodeError):
+                        raise ClusterIPError(f"{f}: unreadable (not UTF-8 text)") from None
+            nodes[d.name] = NodeDumps(d.name, files)
+    return Snapshot(meta, objects, nodes, directory)
+
+
+def write_snapshot(snap: Snapshot, directory: str) -> None:
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "snapshot.yaml").write_text(yaml.safe_dump(snap.meta, sort_keys=False))
+    (root / "objects.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "List", "items": snap.objects}, sort_keys=False))
+    for name, dumps in snap.nodes.items():
+        d = root / "nodes" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for fname, text in dumps.files.items():
+            (d / fname).write_text(text)
