@@ -1,7 +1,13 @@
-"""Read rule dumps from files and recognise their format from the content, not the name."""
+"""Read rule dumps and recognise their format from the content, never from the file name.
+
+`build_dataplanes` is the one place that turns a node's dumps into dataplanes: each proxy
+mode registers how to build itself from the formats it reads, so a mode is a peer of the
+others rather than a special case.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -12,7 +18,7 @@ from kubectl_clusterip.model import ClusterIPError, Node, Packet, ServicePort, T
 
 
 class Dataplane(Protocol):
-    """What every proxy mode offers the CLI: its services, and one request's trace."""
+    """What every proxy mode offers the engine: its services, and one request's trace."""
 
     mode: str
 
@@ -55,7 +61,77 @@ def read_text(path: str) -> str:
     return text
 
 
-def parse_dump(text: str, source: str) -> Dataplane:
+def detect_format(text: str) -> str | None:
+    """iptables | nft-json | nft-text | ipvsadm | ipset | conntrack | proxy-mode, or None."""
+    head = text[:8192].lstrip()
+    if head.startswith("{") and '"nftables"' in head[:200]:
+        return "nft-json"
     if looks_like_iptables(text):
-        return IptablesDataplane.from_text(text, source)
-    raise ClusterIPError(f"{source}: not a recognised rule dump (expected iptables-save output)")
+        return "iptables"
+    if re.search(r"^\s*table (ip|ip6|inet) \S+ \{", head, re.M):
+        return "nft-text"
+    if head.startswith("IP Virtual Server") or re.search(r"^-A (-t|-u|--sctp-service|-f) ", head,
+                                                        re.M):
+        return "ipvsadm"
+    if re.search(r"^(create \S+ (hash|bitmap|list):|Name: \S+\nType: )", head, re.M):
+        return "ipset"
+    if re.search(r"^(tcp|udp|sctp|icmp)\s+\d+\s+\d+\s.*\bsrc=", head, re.M):
+        return "conntrack"
+    if head.strip() in ("iptables", "ipvs", "nftables", "kernelspace"):
+        return "proxy-mode"
+    return None
+
+
+# format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes
+def _build_iptables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    return [IptablesDataplane.from_text(text, source) for source, text in dumps]
+
+
+BUILDERS = {
+    "iptables": _build_iptables,
+}
+SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode"}  # read by a mode, never a dataplane alone
+
+
+def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    by_format: dict[str, list[tuple[str, str]]] = {}
+    for source, text in dumps:
+        fmt = detect_format(text)
+        if fmt is None:
+            raise ClusterIPError(f"{source}: not a recognised rule dump (iptables-save, "
+                                 "nft list ruleset, ipvsadm-save or ipset save output)")
+        by_format.setdefault(fmt, []).append((source, text))
+    return by_format
+
+
+def build_dataplanes(dumps: list[tuple[str, str]]) -> list[Dataplane]:
+    """The node's dataplanes, one per mode and IP family that holds kube-proxy state."""
+    by_format = classify(dumps)
+    built: list[Dataplane] = []
+    for fmt, items in by_format.items():
+        if fmt in SIDE_FORMATS:
+            continue
+        builder = BUILDERS.get(fmt)
+        if builder is None:
+            raise ClusterIPError(f"{items[0][0]}: {fmt} dumps are not supported yet")
+        built.extend(builder(items, by_format))
+    with_proxy = [dp for dp in built if getattr(dp, "has_kube_proxy", lambda: True)()]
+    if not with_proxy:
+        raise ClusterIPError(no_kube_proxy_message(dumps))
+    return with_proxy
+
+
+def no_kube_proxy_message(dumps: list[tuple[str, str]]) -> str:
+    """Say what the node looks like when kube-proxy has written nothing into it."""
+    sources = ", ".join(s for s, _ in dumps)
+    text = "\n".join(t for _, t in dumps)
+    if "CILIUM_" in text or "cilium" in text:
+        return (f"{sources}: no kube-proxy rules; the CILIUM_* chains say Cilium's kube-proxy "
+                "replacement handles Services here (inspect with `cilium-dbg service list`)")
+    if re.search(r"\bcali-", text):
+        return (f"{sources}: no kube-proxy rules, only Calico's cali-* chains: Calico's eBPF "
+                "dataplane may be replacing kube-proxy, or kube-proxy is not running")
+    if "KUBE-ROUTER" in text or "kube-router" in text:
+        return f"{sources}: no kube-proxy rules; kube-router's service proxy appears to run here"
+    return (f"{sources}: no kube-proxy rules (no KUBE-SERVICES chain, no kube-proxy table, no "
+            "IPVS services): kube-proxy is not running on this node, or something replaced it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from kubectl_clusterip.dumps import Dataplane, parse_dump
+from kubectl_clusterip.dumps import Dataplane, build_dataplanes
 from kubectl_clusterip.model import (
     Address,
     ClusterIPError,
@@ -84,7 +84,7 @@ def dataplanes(snap: Snapshot, node: str) -> list[Dataplane]:
     dumps = snap.nodes[node].rule_dumps()
     if not dumps:
         raise ClusterIPError(f"node {node or '(dump)'}: no rule dumps in {snap.source}")
-    return [parse_dump(text, source) for source, text in dumps]
+    return build_dataplanes(dumps)
 
 
 def node_context(snap: Snapshot, node: str, node_ips: tuple[str, ...]) -> Node:
