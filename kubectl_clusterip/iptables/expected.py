@@ -258,10 +258,10 @@ def build(
             " -j DROP")
 
     def svc_comment(args: list[str], comment: str) -> list[str]:
-        return args if large else args + ["-m", "comment", "--comment", comment]
+        return args if large else [*args, "-m", "comment", "--comment", comment]
 
     expected_ports = []
-    for (info, cip), eps in zip(ports, eps_by_port, strict=True):
+    for (info, cip), eps in zip(ports, eps_by_port):
         spn, proto = info.svc_port_name, info.protocol
         pm = f"-m {proto} -p {proto}"
         cat = categorize(info, eps, nodef.name, nodef.labels, prefer_same_node_gate, family)
