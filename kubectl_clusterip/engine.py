@@ -181,11 +181,15 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
     for t in resolve(snap, dps, req):
         avoid = {e[0] for sp in t.dataplane.services() if sp.cluster_ip == t.ip
                  for e in sp.endpoints}
+        client = (snap.meta.get("client") or {}).get("ip")
         if req.source_ip:
             src, why = req.source_ip, ""
             if ipaddress.ip_address(src).version != t.dataplane.family:
                 raise ClusterIPError(f"--source-ip {src} is not IPv{t.dataplane.family} "
                                      f"like {t.ip}")
+        elif client and not req.from_host and \
+                ipaddress.ip_address(client).version == t.dataplane.family:
+            src, why = client, f"the client pod {snap.meta['client'].get('pod') or ''}".rstrip()
         else:
             src, why = default_source(t.dataplane, avoid, ctx, req.from_host)
         packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
