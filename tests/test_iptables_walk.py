@@ -1,0 +1,188 @@
+"""The iptables packet walker over kube-proxy-shaped rules: odds, masquerade, verdicts."""
+
+from __future__ import annotations
+
+import pytest
+from kube_objects import endpoint_slice, rules_for, service
+
+from kubectl_clusterip.iptables.dataplane import IptablesDataplane
+from kubectl_clusterip.model import Address, Node, Packet, Route
+
+NODE = Node("node", (Address("172.18.0.2", 16, "eth0"), Address("10.244.1.1", 32, "veth1")),
+            (Route("default", "eth0", None, "172.18.0.1"), Route("10.244.1.10", "veth1"),
+             Route("10.244.2.0/24", "eth0", None, "172.18.0.4"),
+             Route("172.18.0.0/16", "eth0", "172.18.0.2")))
+WEB = service("web", "10.96.120.7", [("http", 80, "tcp", 8080)], namespace="shop")
+
+
+def web(n: int, **kw: object) -> IptablesDataplane:
+    eps = [(f"10.244.{1 + i % 2}.{10 + i}", "node" if i % 2 == 0 else "node2") for i in range(n)]
+    slices = [endpoint_slice("web", eps, [("http", 8080, "tcp")], namespace="shop")] if n else []
+    return IptablesDataplane.from_text(rules_for([WEB], slices, **kw), "test")
+
+
+def pod(src: str = "10.244.1.99", dst: str = "10.96.120.7", port: int = 80, **kw) -> Packet:
+    return Packet(src, dst, port, **kw)
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_each_endpoint_gets_one_nth(n):
+    t = web(n).trace(pod(), NODE)
+    assert t.verdict == "dnat" and len(t.candidates) == n
+    assert sum(c.probability for c in t.candidates) == pytest.approx(1.0, abs=1e-12)
+    for c in t.candidates:
+        assert c.probability == pytest.approx(1 / n, abs=1e-9)
+        assert c.port == 8080
+
+
+def test_probabilities_as_the_kernel_prints_them():
+    """iptables-save prints lround(p * 2^31) / 2^31 with 11 decimals (§1.6)."""
+    text = rules_for([WEB], [endpoint_slice("web", [(f"10.244.1.{i}", "node") for i in
+                                                    range(2, 5)], [("http", 8080, "tcp")],
+                                            namespace="shop")])
+    text = text.replace("0.3333333333", "0.33333333349").replace("0.5000000000",
+                                                                 "0.50000000000")
+    t = IptablesDataplane.from_text(text, "t").trace(pod(), NODE)
+    assert [round(c.probability, 9) for c in t.candidates] == [0.333333333] * 3
+
+
+def test_pod_client_is_not_masqueraded_and_reply_goes_back_to_it():
+    t = web(2).trace(pod(), NODE)
+    assert not t.masquerade
+    assert t.service == "shop/web:http"
+    assert t.reverse[0]["conntrack"] == (
+        "tcp 6 src=10.244.1.99 dst=10.96.120.7 sport=51234 dport=80 "
+        "src=10.244.1.10 dst=10.244.1.99 sport=8080 dport=51234")
+
+
+def test_off_cluster_client_is_masqueraded_to_the_egress_address():
+    t = web(2).trace(pod(src="172.18.0.9"), NODE)
+    assert all(c.masquerade for c in t.candidates)
+    snat = {c.ip: c.snat_ip for c in t.candidates}
+    assert snat == {"10.244.1.10": "10.244.1.1", "10.244.2.11": "172.18.0.2"}
+    assert "! -s 10.244.0.0/16" in t.candidates[0].extra["masqueradeRule"]
+    assert t.reverse[0]["conntrack"].endswith("dst=10.244.1.1 sport=8080 dport=*")
+
+
+def test_hairpin_client_is_masqueraded_only_toward_itself():
+    t = web(2).trace(pod(src="10.244.1.10"), NODE)
+    masq = {c.ip: c.masquerade for c in t.candidates}
+    assert masq == {"10.244.1.10": True, "10.244.2.11": False}
+    assert any(f.code == "Hairpin" for f in t.findings)
+
+
+def test_host_network_client_enters_output_and_is_masqueraded():
+    t = web(1).trace(pod(src="172.18.0.2", from_host=True), NODE)
+    assert t.steps[0].chain == "OUTPUT"
+    assert t.candidates[0].masquerade
+
+
+def test_masquerade_all_and_no_detector():
+    t = web(1, masquerade_all=True).trace(pod(), NODE)
+    assert t.candidates[0].masquerade
+    t = web(1, cluster_cidr="none").trace(pod(src="172.18.0.9"), NODE)
+    assert not t.candidates[0].masquerade  # no detector: only hairpin is masqueraded
+
+
+def test_no_endpoints_is_rejected_with_the_rule_as_evidence():
+    t = web(0).trace(pod(), NODE)
+    assert t.verdict == "reject" and not t.candidates
+    f = next(f for f in t.findings if f.code == "NoEndpointsReject")
+    assert '"shop/web:http has no endpoints"' in f.evidence and f.severity == "error"
+
+
+def test_internal_traffic_policy_local_without_local_endpoint_drops():
+    svc = service("web", "10.96.120.7", [("http", 80, "tcp", 8080)], "shop", itp="Local")
+    sl = endpoint_slice("web", [("10.244.2.5", "node2")], [("http", 8080, "tcp")], "shop")
+    t = IptablesDataplane.from_text(rules_for([svc], [sl]), "t").trace(pod(), NODE)
+    assert t.verdict == "drop"
+    assert t.findings[0].code == "NoLocalEndpointsDrop"
+
+
+def test_wrong_port_or_protocol_is_not_captured():
+    dp = web(2)
+    assert dp.trace(pod(port=81), NODE).verdict == "no-match"
+    t = dp.trace(pod(protocol="udp"), NODE)
+    assert t.verdict == "no-match" and t.findings[0].code == "NoServiceRule"
+
+
+def test_session_affinity_first_packet_random_then_sticky():
+    svc = service("web", "10.96.120.7", [("http", 80, "tcp", 8080)], "shop", affinity=600)
+    sl = endpoint_slice("web", [("10.244.1.10", "node"), ("10.244.1.11", "node")],
+                        [("http", 8080, "tcp")], "shop")
+    dp = IptablesDataplane.from_text(rules_for([svc], [sl]), "t")
+    t = dp.trace(pod(), NODE)
+    assert len(t.candidates) == 2 and all(c.sticky for c in t.candidates)
+    assert any(f.code == "SessionAffinity" for f in t.findings)
+    sep = t.candidates[1].extra["dnatChain"]
+    pinned = dp.trace(pod(), NODE, recent={sep: {"10.244.1.99"}})
+    assert [(c.ip, c.probability) for c in pinned.candidates] == [("10.244.1.11", 1.0)]
+    assert dp.services()[0].affinity_seconds == 600
+
+
+def test_services_view_reads_endpoints_and_statuses():
+    empty = service("empty", "10.96.5.5", [("", 80, "tcp", 80)])
+    dp = IptablesDataplane.from_text(rules_for([WEB, empty], [endpoint_slice(
+        "web", [("10.244.1.10", "node"), ("10.244.1.11", "node")], [("http", 8080, "tcp")],
+        "shop")]), "t")
+    view = {sp.name: sp for sp in dp.services()}
+    assert view["default/empty"].status == "no-endpoints"
+    assert view["shop/web:http"].endpoints == [("10.244.1.10", 8080, 0.5),
+                                               ("10.244.1.11", 8080, 0.5)]
+    assert view["shop/web:http"].chain.startswith("KUBE-SVC-")
+
+
+def _dump(nat: str, filt: str = "") -> IptablesDataplane:
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            + filt + "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+            ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" + nat + "COMMIT\n")
+    return IptablesDataplane.from_text(text, "t")
+
+
+def test_goto_return_and_builtin_policy():
+    dp = _dump(":A - [0:0]\n:B - [0:0]\n"
+               "-A PREROUTING -g A\n"
+               "-A PREROUTING -j DNAT --to-destination 10.0.0.9:1\n"  # skipped: goto returns past
+               "-A A -j B\n-A A -j DNAT --to-destination 10.0.0.2:80\n"
+               "-A B -j RETURN\n-A B -j DNAT --to-destination 10.0.0.1:80\n",
+               ":X - [0:0]\n")
+    t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+    assert [c.endpoint for c in t.candidates] == ["10.0.0.2:80"]
+    dp = _dump("", "").ruleset
+    dp.table("filter").policies["FORWARD"] = "DROP"
+    assert IptablesDataplane(dp).trace(Packet("10.1.0.1", "10.0.0.5", 80), NODE).verdict == "drop"
+
+
+def test_statistic_without_final_catch_all_is_a_partial_dispatch():
+    dp = _dump(":S - [0:0]\n-A PREROUTING -d 10.96.0.1/32 -j S\n"
+               "-A S -m statistic --mode random --probability 0.25 -j DNAT --to-destination "
+               "10.0.0.1:80\n")
+    t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+    assert t.candidates[0].probability == 0.25
+    assert any(f.code == "PartialDispatch" and "75.0%" in f.message for f in t.findings)
+
+
+def test_undecidable_match_is_reported_not_assumed_silently():
+    dp = _dump("-A PREROUTING -i cni0 -j DNAT --to-destination 10.0.0.1:80\n")
+    t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+    assert t.verdict == "no-match"
+    assert any(f.code == "UndecidedMatch" and "-i cni0" in f.message for f in t.findings)
+
+
+def test_jump_loop_terminates():
+    dp = _dump(":L - [0:0]\n-A PREROUTING -j L\n-A L -j L\n")
+    t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+    assert t.verdict == "no-match" and any("depth" in n for n in t.notes)
+
+
+def test_nodeport_needs_the_node_address():
+    svc = service("np", "10.96.9.9", [("", 80, "tcp", 8080)])
+    svc["spec"]["type"] = "NodePort"
+    svc["spec"]["ports"][0]["nodePort"] = 30080
+    sl = endpoint_slice("np", [("10.244.1.10", "node")], [("", 8080, "tcp")])
+    dp = IptablesDataplane.from_text(rules_for([svc], [sl]), "t")
+    t = dp.trace(Packet("172.18.0.9", "172.18.0.2", 30080), NODE)
+    assert t.verdict == "dnat" and t.candidates[0].masquerade  # ETP Cluster masquerades
+    unknown = dp.trace(Packet("172.18.0.9", "172.18.0.2", 30080), Node())
+    assert unknown.verdict == "no-match"
+    assert any(f.code == "UndecidedMatch" for f in unknown.findings)
