@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from kubectl_clusterip.iptables.parse import Rule, Ruleset, parse_iptables_save, parse_rule
@@ -146,6 +147,11 @@ class IptablesDataplane:
         status = "ok" if missing < 1e-9 else ("no-endpoints" if not shares else "partial")
         return ServicePort(name, p.value, cip, dport, endpoints, status, affinity, r.target,
                            self.family)
+
+
+def parse_xt_recent(files: dict[str, str]) -> dict[str, set[str]]:
+    """/proc/net/xt_recent/<list> contents -> the client IPs each affinity list remembers."""
+    return {name: set(re.findall(r"^src=(\S+)", text, re.M)) for name, text in files.items()}
 
 
 def _dport(r: Rule) -> int | None:
