@@ -37,28 +37,50 @@ pid is dead are removed when a Lab starts. Everything (servers, namespaces) is r
 exit, also on exceptions, Ctrl-C and SIGTERM (turned into KeyboardInterrupt while a Lab is
 open, if no other SIGTERM handler is installed), with atexit as a last resort.
 
-API::
+API (all rule/state helpers act on namespace `node` unless node=... is given)::
 
-    with Lab(nodes=1, ipv6=True) as lab:            # builds uplink + "node" (+ node2 ...)
-        lab.add_node("node2")                         # another node on the uplink -> Node
-        lab.add_pod("a", "10.244.1.5", ipv6=True)     # -> Pod; ipv6=True derives fd00:10:244:1::5
-        lab.add_external("ext", "172.18.0.3")         # off-cluster client on the uplink
-        lab.ns("a"); lab.run("a", "ip", "-br", "addr")            # real ns name / run -> stdout
-        lab.load_iptables(text, family=4, backend="nft")           # iptables-restore in node
-        lab.load_nft(text)                                         # nft -f - in node
-        lab.iptables_save(4); lab.nft_json(); lab.nft_text()       # what the kernel holds
-        lab.conntrack(4, "tcp"); lab.conntrack_flush()             # raw conntrack -L text
-        lab.ip_addr_json(); lab.ip_route_json(4)                   # raw ip -j output
-        lab.serve("b", 8080, "tcp")                                # answers "<name> <ip> <port>"
-        replies = lab.request("a", "10.96.0.10", 80, count=20)     # -> list[Reply]
-        tally(replies)                                             # {"b": 20}
-        parse_conntrack(lab.conntrack())                           # -> list[dict]
+    with Lab(nodes=1, ipv6=True) as lab:      # uplink + "node" (+ "node2".. if nodes>1)
+        lab.add_node("node2")                   # -> Node: 172.18.0.4, pods 10.244.2.0/24
+        lab.add_pod("a", "10.244.1.5", ipv6=True, node="node")   # -> Pod (ipv6=True derives
+                                                # fd00:10:244:1::5; ip=None picks the next free)
+        lab.add_external("ext", "172.18.0.3", ipv6=True, via="node")  # -> External
+        lab.ns("a")                             # real namespace name "kc-<pid>-a"
+        lab.ip_of("a", 6)                       # address of a pod / node (uplink) / external
+        lab.run("a", "ip", "-br", "addr")       # stdout; LabError on failure (check=True)
+        lab.run_proc(...)                       # same, full CompletedProcess
+        lab.sysctl("node", {"net.ipv4.conf.all.rp_filter": "1"})
+        lab.load_iptables(text, family=4, backend="nft"|"legacy", noflush=False)
+        lab.iptables("-t", "nat", "-A", ..., family=4, backend="nft")  # one command
+        lab.load_nft(text)                      # nft -f -
+        lab.reset_rules()                       # nft flush ruleset + flush legacy tables
+        lab.iptables_save(4, backend="nft", table=None, counters=False)  # text
+        lab.nft_json(); lab.nft_text()          # nft -j list ruleset / nft list ruleset
+        lab.conntrack(4, "tcp"); lab.conntrack_flush()   # raw conntrack -L text / conntrack -F
+        lab.ip_addr_json(); lab.ip_route_json(4, table=None)   # raw ip -j output
+        lab.serve("b", 8080, "tcp", name=None, lifetime=60, bind=None)   # -> Server
+        lab.request("a", "10.96.0.10", 80, "tcp", count=20, source_port=None, timeout=1.0,
+                    source_ip=None)             # -> list[Reply], sequential, bounded
+    tally(replies)                              # {"b": 12, "c": 8, "error:timeout": 0..}
+    parse_conntrack(text); find_conntrack(entries, dst=..., reply_src=...)
+    require_root_tools("nft", "conntrack")      # skip reason or None; kernel_lab(...) marker
+    sweep_stale_namespaces()                    # done by every Lab start
 
-Requests are sequential, each a new connection (TCP) or a new socket (UDP; with a fixed
-``source_port`` repeated UDP requests reuse one conntrack entry, as in the kernel). Errors:
+Servers answer each TCP connection / UDP datagram with one line "<name> <peer_ip> <peer_port>"
+(the peer they saw, after any NAT), listen on 0.0.0.0 and :: unless `bind` is given, and exit
+by themselves after `lifetime` seconds. Requests are sequential, each a new connection
+(TCP) or a new socket (UDP; with a fixed ``source_port`` repeated UDP requests reuse one
+conntrack entry, as in the kernel; TCP reopens from TIME_WAIT and is NATed afresh). Errors:
 "refused" (RST or ICMP port unreachable, e.g. REJECT), "unreachable" (ICMP host/net
-unreachable, no route), "timeout", "reset", "denied" (EPERM, local OUTPUT drop), "empty",
-or the lower-case errno name.
+unreachable or no route; TCP only: UDP sockets ignore those ICMP types and time out),
+"timeout", "reset", "denied" (EPERM: a local OUTPUT drop), "empty", or the errno name.
+
+Kernel notes: conntrack is per-netns and only tracks in a namespace once some rule needs it
+(NAT target, ctstate match, ct expression); an empty nat table is not enough. ICMP error
+rate limits are switched off in every namespace (else REJECT answers go missing after a
+few). TCP clients set IP_RECVERR so an ICMP error that arrives while connect() still holds
+the socket (veth delivers synchronously) is reported at once instead of after the 1 s SYN
+retransmit. Rules of iptables-nft and iptables-legacy are both active in a namespace if
+both are loaded; each save shows only its own (nft-save warns on stderr only).
 
 Only one Lab may be open per process at a time.
 """
@@ -306,6 +328,24 @@ fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
 NAMES = {errno.ECONNREFUSED: "refused", errno.EHOSTUNREACH: "unreachable",
          errno.ENETUNREACH: "unreachable", errno.ECONNRESET: "reset",
          errno.ETIMEDOUT: "timeout", errno.EPERM: "denied", errno.EACCES: "denied"}
+RECVERR = (0, 11) if fam == socket.AF_INET else (41, 25)  # IP_RECVERR / IPV6_RECVERR
+
+
+def errqueue(s):
+    # errno of an ICMP error queued on the socket (IP_RECVERR), else 0. When the ICMP
+    # answer to a SYN comes back while connect() still holds the socket lock (veth delivers
+    # synchronously), TCP keeps it only as a soft error until the SYN is retransmitted
+    # ~1 s later; the error queue has it at once.
+    try:
+        _, anc, _, _ = s.recvmsg(1, 512, 0x2000 | socket.MSG_DONTWAIT)  # MSG_ERRQUEUE
+    except OSError:
+        return 0
+    for lvl, typ, data in anc:
+        if (lvl, typ) == RECVERR and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return 0
+
+
 out = []
 for _ in range(a["count"]):
     r = {"line": "", "error": None, "local_ip": None, "local_port": None}
@@ -316,6 +356,7 @@ for _ in range(a["count"]):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((sip or ("::" if fam == socket.AF_INET6 else "0.0.0.0"), sport or 0))
         if tcp:
+            s.setsockopt(RECVERR[0], RECVERR[1], 1)
             s.setblocking(False)
             rc = s.connect_ex((ip, port))
             try:
@@ -324,13 +365,18 @@ for _ in range(a["count"]):
                 pass
             if rc not in (0, errno.EINPROGRESS):
                 raise OSError(rc, os.strerror(rc))
-            if rc:
-                _, w, _ = select.select([], [s], [], timeout)
+            while rc:
+                _, w, _ = select.select([], [s], [], max(end - time.monotonic(), 0))
                 if not w:
                     raise TimeoutError()
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errqueue(s)
                 if err:
                     raise OSError(err, os.strerror(err))
+                try:
+                    s.getpeername()
+                    rc = 0
+                except OSError:
+                    time.sleep(0.005)
             s.setblocking(True)
             data = b""
             while b"\n" not in data and len(data) < 4096:
@@ -343,7 +389,18 @@ for _ in range(a["count"]):
             s.connect((ip, port))
             r["local_ip"], r["local_port"] = s.getsockname()[:2]
             s.settimeout(timeout)
-            s.send(b"ping\n")
+            try:
+                s.send(b"ping\n")
+            except PermissionError:
+                # a REJECT in OUTPUT drops the datagram (EPERM) and queues the ICMP error
+                s.settimeout(min(timeout, 0.2))
+                try:
+                    s.recv(4096)
+                except ConnectionRefusedError:
+                    raise
+                except OSError:
+                    pass
+                raise
             data = s.recv(4096)
         r["line"] = data.decode(errors="replace").strip()
         if not r["line"]:
@@ -580,6 +637,10 @@ class Lab:
 
     def _base_sysctls(self) -> dict[str, str]:
         s = {
+            # ICMP errors (REJECT, port unreachable) must not be rate limited per peer
+            "net.ipv4.icmp_ratelimit": "0",
+            "net.ipv4.icmp_msgs_per_sec": "100000",
+            "net.ipv4.icmp_msgs_burst": "100000",
             "net.ipv4.conf.all.rp_filter": "0",
             "net.ipv4.conf.default.rp_filter": "0",
             "net.ipv4.conf.all.accept_redirects": "0",
@@ -589,6 +650,7 @@ class Lab:
         }
         if self.ipv6:
             s |= {
+                "net.ipv6.icmp.ratelimit": "0",
                 "net.ipv6.conf.all.accept_dad": "0",
                 "net.ipv6.conf.default.accept_dad": "0",
                 "net.ipv6.conf.all.accept_redirects": "0",
@@ -771,9 +833,11 @@ class Lab:
         self.run(node, *args, input=text)
 
     def iptables_save(self, family: int = 4, backend: str = "nft", node: str = "node",
-                      table: str | None = None) -> str:
-        """iptables-save output (counters omitted) from the node."""
+                      table: str | None = None, counters: bool = False) -> str:
+        """iptables-save (ip6tables-save) output from the node; `counters` adds -c."""
         args = [self._xt(family, backend, "save")]
+        if counters:
+            args.append("-c")
         if table:
             args += ["-t", table]
         return self.run(node, *args)

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from netlab import (  # noqa: E402
+from netlab import (
     Lab,
     LabError,
     find_conntrack,
@@ -76,8 +76,11 @@ def test_pod_to_pod_both_ways_through_node(lab: Lab, proto: str) -> None:
         # each request is a new flow with its own ephemeral port
         assert len({r.local_port for r in ab}) == 3
         assert [r.peer_port for r in ab] == [r.local_port for r in ab]
-    # pod -> pod really crosses the node: a NAT table there turns on conntrack, which sees it
-    lab.load_iptables(nat())
+    # nothing listening: RST (TCP) / ICMP port unreachable (UDP) from the pod
+    assert tally(lab.request("a", lab.ip_of("b"), 9999, proto, count=3)) == {"error:refused": 3}
+    # pod -> pod really crosses the node: its conntrack sees the flow once a rule needs
+    # conntrack in that namespace (an empty nat table is not enough)
+    lab.load_iptables("*filter\n-A FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n")
     lab.request("a", lab.ip_of("b"), 8080, proto)
     entries = find_conntrack(parse_conntrack(lab.conntrack(4, proto)),
                              src="10.244.1.5", dst="10.244.1.6", dport=8080)
@@ -176,7 +179,11 @@ def test_reject_is_refused_and_unreachable() -> None:
         for client in ("a", "node"):
             for proto in ("tcp", "udp"):
                 assert tally(lab.request(client, CIP, 80, proto)) == {"error:refused": 1}
-                assert tally(lab.request(client, CIP, 81, proto)) == {"error:unreachable": 1}
+            assert tally(lab.request(client, CIP, 81)) == {"error:unreachable": 1}
+        # UDP sockets ignore ICMP host-unreachable (non-fatal, no IP_RECVERR): a pod client
+        # just times out; on the node the REJECT in OUTPUT makes send() fail with EPERM
+        assert lab.request("a", CIP, 81, "udp", timeout=0.3)[0].error == "timeout"
+        assert lab.request("node", CIP, 81, "udp", timeout=0.3)[0].error == "denied"
         for proto in ("tcp", "udp"):
             assert tally(lab.request("a", CIP6, 80, proto)) == {"error:refused": 1}
         # a TCP reset is "refused" too; a plain DROP times out
@@ -274,7 +281,9 @@ def test_kube_proxy_nftables_ruleset(cluster: Lab) -> None:
     lab.load_nft(f"""
 table ip kube-proxy {{
     comment "rules for kube-proxy"
-    chain mark-for-masquerade {{ meta mark set meta mark | 0x4000 }}
+    chain mark-for-masquerade {{
+        meta mark set meta mark | 0x4000
+    }}
     chain masquerading {{
         meta mark & 0x4000 == 0 return
         meta mark set meta mark ^ 0x4000
@@ -296,10 +305,21 @@ table ip kube-proxy {{
         type ipv4_addr . inet_proto . inet_service : verdict
         elements = {{ {CIP} . tcp . 80 : goto {svc} }}
     }}
-    chain services {{ ip daddr . meta l4proto . th dport vmap @service-ips }}
-    chain nat-prerouting {{ type nat hook prerouting priority dstnat; jump services; }}
-    chain nat-output {{ type nat hook output priority dstnat; jump services; }}
-    chain nat-postrouting {{ type nat hook postrouting priority srcnat; jump masquerading; }}
+    chain services {{
+        ip daddr . meta l4proto . th dport vmap @service-ips
+    }}
+    chain nat-prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        jump services
+    }}
+    chain nat-output {{
+        type nat hook output priority -100; policy accept;
+        jump services
+    }}
+    chain nat-postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        jump masquerading
+    }}
 }}
 """)
     assert ep_c in lab.nft_text() and '"nftables"' in lab.nft_json()
@@ -330,14 +350,20 @@ def test_ipv6_clusterip_masquerade_and_hairpin(cluster: Lab) -> None:
 
 @pytest.mark.kernel
 @kernel_lab(*TOOLS)
-def test_udp_fixed_source_port_reuses_conntrack_entry(cluster: Lab) -> None:
+def test_fixed_source_port_udp_reuses_entry_tcp_does_not(cluster: Lab) -> None:
     lab = cluster
     lab.serve("a", 5353, "udp")
     lab.serve("c", 5353, "udp")
     lab.load_iptables(nat(
         f"-A PREROUTING -d {CIP} -p udp --dport 53 -m statistic --mode random --probability 0.5 "
         "-j DNAT --to-destination 10.244.1.5:5353",
-        f"-A PREROUTING -d {CIP} -p udp --dport 53 -j DNAT --to-destination 10.244.2.7:5353"))
+        f"-A PREROUTING -d {CIP} -p udp --dport 53 -j DNAT --to-destination 10.244.2.7:5353",
+        f"-A PREROUTING -d {CIP} -p tcp --dport 80 -m statistic --mode random --probability 0.5 "
+        "-j DNAT --to-destination 10.244.1.5:8080",
+        f"-A PREROUTING -d {CIP} -p tcp --dport 80 -j DNAT --to-destination 10.244.2.7:8080"))
+    # TCP: the old entry is in TIME_WAIT, a new SYN replaces it and is NATed afresh
+    tcp = lab.request("b", CIP, 80, count=20, source_port=40080)
+    assert set(tally(tcp)) == {"a", "c"} and {r.local_port for r in tcp} == {40080}
     sticky = lab.request("b", CIP, 53, "udp", count=8, source_port=40053)
     assert len(tally(sticky)) == 1 and {r.local_port for r in sticky} == {40053}
     assert len(find_conntrack(parse_conntrack(lab.conntrack(4, "udp")), sport=40053)) == 1
