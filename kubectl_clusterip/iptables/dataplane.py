@@ -60,11 +60,10 @@ class IptablesDataplane:
     def service_ips(self) -> frozenset[str]:
         """Every address a KUBE-SERVICES rule names: Service IPs, never the node's own."""
         ips = set()
-        for table in ("nat", "filter"):
-            for r in self.ruleset.rules(table, "KUBE-SERVICES"):
-                d = r.option("", "-d")
-                if d is not None and not d.negated:
-                    ips.add(_host(d.value))
+        for name in ("nat", "filter"):
+            table = self.ruleset.table(name)
+            if table is not None:
+                ips.update(_host(d) for d in table.destinations("KUBE-SERVICES") if d)
         return frozenset(ips)
 
     def trace(self, packet: Packet, node: Node | None = None,
@@ -76,18 +75,26 @@ class IptablesDataplane:
         return assemble(packet, self.mode, paths, name, step)
 
     def cluster_cidrs(self) -> list[str]:
-        """The pod CIDRs kube-proxy's masquerade rules exempt (its local-traffic detector)."""
-        cidrs: list[str] = []
-        for chain in self.ruleset.chains("nat"):
-            if not (chain.startswith("KUBE-SVC-") or chain == "KUBE-SERVICES"):
-                continue
-            for r in self.ruleset.rules("nat", chain):
-                o = r.option("", "-s")
-                if r.target == "KUBE-MARK-MASQ" and o and o.negated and o.value not in cidrs:
+        """The pod CIDRs kube-proxy's masquerade rules exempt (its local-traffic detector).
+
+        Read from the first service chain that has one, without parsing the rest; old
+        kube-proxy put the rule in KUBE-SERVICES itself, so that is the last place looked.
+        """
+        nat = self.ruleset.table("nat")
+        if nat is None:
+            return []
+        chains = [c for c in nat.lines if c.startswith(("KUBE-SVC-", "KUBE-SVL-"))]
+        for chain in [*chains, "KUBE-SERVICES"]:
+            cidrs: list[str] = []
+            for i, line in enumerate(nat.lines.get(chain, ())):
+                if " ! -s " not in line or "KUBE-MARK-MASQ" not in line:
+                    continue
+                o = nat.rule(chain, i).option("", "-s")
+                if o and o.negated and o.value not in cidrs:
                     cidrs.append(o.value)
             if cidrs:
-                break
-        return cidrs
+                return cidrs
+        return []
 
     # -- the services view ------------------------------------------------------------------
 
@@ -129,7 +136,7 @@ class IptablesDataplane:
             return None
         cip = _host(d.value)
         probe = Packet(_PROBE_SOURCE[self.family], cip, dport, p.value)
-        walker = Walker(self.ruleset)
+        walker = Walker(self.ruleset, record_steps=False)
         shares: dict[tuple[str, int], float] = {}
         missing = 0.0
         for st, _verdict in walker.walk_chain("nat", r.target, probe):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kubectl_clusterip.model import ClusterIPError
 
@@ -32,8 +33,7 @@ _BASE = {
 _TOKEN = re.compile(r'"((?:\\.|[^"\\])*)"|(\S+)')
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     name: str  # "--dport", "-s", …
     values: tuple[str, ...]
     negated: bool = False
@@ -43,8 +43,7 @@ class Option:
         return self.values[0] if self.values else ""
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     module: str  # "" for the base parameters (-s -d -p -i -o)
     options: tuple[Option, ...]
 
@@ -55,8 +54,9 @@ class Match:
         return None
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
+    """One rule; tuples rather than objects because a node can hold half a million."""
+
     table: str
     chain: str
     text: str  # the line as printed, without counters
@@ -68,9 +68,9 @@ class Rule:
     def option(self, module: str, name: str) -> Option | None:
         for m in self.matches:
             if m.module == module:
-                o = m.get(name)
-                if o is not None:
-                    return o
+                for o in m.options:
+                    if o.name == name:
+                        return o
         return None
 
     def target_option(self, name: str) -> Option | None:
@@ -103,65 +103,70 @@ def tokenize(line: str) -> tuple[list[str], set[int]]:
 def parse_rule(table: str, line: str) -> Rule:
     """Turn one `-A CHAIN …` line into matches and a target; unknown modules are kept verbatim."""
     tokens, quoted = tokenize(line)
-    if len(tokens) < 2 or tokens[0] != "-A":
+    n = len(tokens)
+    if n < 2 or tokens[0] != "-A":
         raise ClusterIPError(f"not an iptables rule: {line[:80]!r}")
-    chain = tokens[1]
+    base: list[Option] = []
     matches: list[Match] = []
     module = ""
     opts: list[Option] = []
     target: str | None = None
     target_opts: list[Option] = []
     goto = False
-    in_target = False
     negate = False
-    i, n = 2, len(tokens)
-
-    def is_option(k: int) -> bool:
-        t = tokens[k]
-        return k not in quoted and ((t.startswith("-") and len(t) > 1 and not t[1].isdigit())
-                                    or t == "!")
-
+    i = 2
     while i < n:
         tok = tokens[i]
         if tok == "!" and i not in quoted:
             negate = True
             i += 1
             continue
-        if tok == "-m" or tok == "--match":
-            if not in_target:
+        if tok in _MODULE_WORDS:
+            if module or opts:
                 matches.append(Match(module, tuple(opts)))
-            module, opts = tokens[i + 1] if i + 1 < n else "", []
+            module, opts = (tokens[i + 1] if i + 1 < n else ""), []
             i += 2
             continue
-        if tok in ("-j", "--jump", "-g", "--goto"):
-            matches.append(Match(module, tuple(opts)))
-            module, opts = "", []
+        if tok in _TARGET_WORDS:
             target = tokens[i + 1] if i + 1 < n else None
             goto = tok in ("-g", "--goto")
-            in_target = True
             i += 2
-            continue
+            break
         j = i + 1
-        while j < n and not is_option(j):
+        while j < n:  # an option's values run to the next unquoted option or "!"
+            t = tokens[j]
+            if ((t[:1] == "-" and len(t) > 1 and not t[1].isdigit()) or t == "!") \
+                    and j not in quoted:
+                break
             j += 1
         values = tuple(tokens[i + 1:j])
-        if tok in _BASE and not in_target:
-            name = _BASE[tok]
-            base = Option(name, values, negate)
-            if matches and matches[0].module == "":
-                matches[0] = Match("", (*matches[0].options, base))
-            else:
-                matches.insert(0, Match("", (base,)))
-        elif in_target:
-            target_opts.append(Option(tok, values, negate))
+        name = _BASE.get(tok)
+        if name is not None:
+            base.append(Option(name, values, negate))
         else:
             opts.append(Option(tok, values, negate))
         negate = False
         i = j
-    if not in_target:
+    if module or opts:
         matches.append(Match(module, tuple(opts)))
-    kept = tuple(m for m in matches if m.module or m.options)
-    return Rule(table, chain, line, kept, target, tuple(target_opts), goto)
+    while i < n:  # target options
+        tok = tokens[i]
+        if tok == "!":
+            negate, i = True, i + 1
+            continue
+        j = i + 1
+        while j < n and not (tokens[j][:2] == "--" and j not in quoted):
+            j += 1
+        target_opts.append(Option(tok, tuple(tokens[i + 1:j]), negate))
+        negate = False
+        i = j
+    if base:
+        matches.insert(0, Match("", tuple(base)))
+    return Rule(table, tokens[1], line, tuple(matches), target, tuple(target_opts), goto)
+
+
+_MODULE_WORDS = frozenset(("-m", "--match"))
+_TARGET_WORDS = frozenset(("-j", "--jump", "-g", "--goto"))
 
 
 @dataclass
@@ -169,14 +174,38 @@ class Table:
     name: str
     policies: dict[str, str] = field(default_factory=dict)  # chain -> policy ("-" for user chains)
     lines: dict[str, list[str]] = field(default_factory=dict)  # chain -> raw rule lines
-    _parsed: dict[str, list[Rule]] = field(default_factory=dict)
+    _parsed: dict[str, list[Rule | None]] = field(default_factory=dict)
+    _hints: dict[str, list[str | None]] = field(default_factory=dict)
 
     def rules(self, chain: str) -> list[Rule]:
-        got = self._parsed.get(chain)
+        return [self.rule(chain, i) for i in range(len(self.lines.get(chain, ())))]
+
+    def rule(self, chain: str, index: int) -> Rule:
+        cache = self._parsed.get(chain)
+        if cache is None:
+            cache = self._parsed[chain] = [None] * len(self.lines[chain])
+        got = cache[index]
         if got is None:
-            got = [parse_rule(self.name, line) for line in self.lines.get(chain, ())]
-            self._parsed[chain] = got
+            got = cache[index] = parse_rule(self.name, self.lines[chain][index])
         return got
+
+    def count(self, chain: str) -> int:
+        return len(self.lines.get(chain, ()))
+
+    def destinations(self, chain: str) -> list[str | None]:
+        """Each rule's leading `-d CIDR`, read without tokenising the rule.
+
+        iptables-save prints -s/-d first, so a rule whose destination cannot match is skipped
+        unparsed: that is what keeps a trace through a 10,000-rule KUBE-SERVICES cheap.
+        """
+        hints = self._hints.get(chain)
+        if hints is None:
+            hints = []
+            for line in self.lines.get(chain, ()):
+                parts = line.split(" ", 4)
+                hints.append(parts[3] if len(parts) > 4 and parts[2] == "-d" else None)
+            self._hints[chain] = hints
+        return hints
 
     def has_chain(self, chain: str) -> bool:
         return chain in self.policies or chain in self.lines

@@ -9,9 +9,11 @@ assumed not to match, and the assumption is returned as a note.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple, Protocol
 
 from kubectl_clusterip.iptables.parse import BUILTIN_CHAINS, Match, Option, Rule, Ruleset
 from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
@@ -26,15 +28,23 @@ def _net(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(cidr, strict=False)
 
 
+@lru_cache(maxsize=65536)
+def _addr(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(ip)
+
+
 def _in(ip: str, cidr: str) -> bool:
+    """ip (canonical text) inside cidr; host routes compare as text, the common case."""
+    host, _, bits = cidr.partition("/")
+    if bits in ("32", "128", ""):
+        return host == ip
     net = _net(cidr)
-    addr = ipaddress.ip_address(ip)
+    addr = _addr(ip)
     return addr.version == net.version and addr in net
 
 
-@dataclass(frozen=True)
-class _State:
-    """The packet as one branch of the walk sees it."""
+class _State(NamedTuple):
+    """The packet as one branch of the walk sees it (a tuple: branches copy it often)."""
 
     probability: float
     src: str
@@ -58,6 +68,13 @@ class _Outcome:
     state: _State
 
 
+class IpsetMembership(Protocol):
+    """One ipset as `-m set --match-set NAME FLAGS` asks it (ipvs.parse.IpSet is one)."""
+
+    def test(self, flags: list[str], src: str, dst: str, sport: int, dport: int,
+             protocol: str) -> bool | str: ...  # a str says why it cannot be decided
+
+
 @dataclass
 class Walker:
     ruleset: Ruleset
@@ -67,6 +84,9 @@ class Walker:
     # (iptables mode binds none) and the pod network (a pod IP is never a node address).
     remote_ips: frozenset[str] = frozenset()
     remote_cidrs: tuple[str, ...] = ()
+    record_steps: bool = True  # off when only the outcome matters (the `rules` view)
+    # ipset name -> members (`ipset save`, IPVS mode): decides --match-set, else undecided.
+    ipsets: dict[str, IpsetMembership] = field(default_factory=dict)
 
     def is_local(self, ip: str) -> bool | None:
         local = self.node.is_local(ip)
@@ -78,6 +98,7 @@ class Walker:
 
     def walk(self, packet: Packet) -> list[Path]:
         """All paths the first packet of this connection can take, with their probabilities."""
+        packet = _canonical(packet)
         start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
         self._packet = packet
         pre = ("raw", "mangle", "nat") if not packet.from_host else ("raw", "mangle", "nat",
@@ -94,7 +115,7 @@ class Walker:
 
     def walk_chain(self, table: str, chain: str, packet: Packet) -> list[tuple[_State, str]]:
         """Walk from one chain only (used to read a service's dispatch chain on its own)."""
-        self._packet = packet
+        self._packet = packet = _canonical(packet)
         start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
         return [(o.state, o.verdict) for o in self._traverse(table, chain, start)]
 
@@ -156,8 +177,11 @@ class Walker:
         while todo:
             st, stack = todo.pop()
             name, idx = stack[-1]
-            rules = self.ruleset.rules(table, name)
-            if idx >= len(rules):
+            count = t.count(name) if t else 0
+            hints = t.destinations(name) if t else []
+            while idx < count and hints[idx] is not None and not _in(st.dst, hints[idx]):
+                idx += 1  # skipped unparsed: its -d cannot match
+            if idx >= count:
                 stack = stack[:-1]
                 if not stack:
                     out.append(_Outcome("drop" if policy == "DROP" else "accept", st))
@@ -169,17 +193,18 @@ class Walker:
                 out.append(_Outcome("accept", self._note(
                     st, f"stopped after {MAX_RULES_PER_WALK} rules in {table} {chain}")))
                 continue
-            rule = rules[idx]
+            assert t is not None
+            rule = t.rule(name, idx)
             stack = (*stack[:-1], (name, idx + 1))
             p, notes = self._matches(rule, st)
             if p == 0.0:
                 if notes:
-                    st = replace(st, undecided=st.undecided + tuple(notes))
+                    st = st._replace(undecided=st.undecided + tuple(notes))
                 todo.append((st, stack))
                 continue
-            hit = st if p == 1.0 else replace(st, probability=st.probability * p)
+            hit = st if p == 1.0 else st._replace(probability=st.probability * p)
             if p < 1.0:
-                todo.append((replace(st, probability=st.probability * (1 - p)), stack))
+                todo.append((st._replace(probability=st.probability * (1 - p)), stack))
             self._apply(rule, hit, stack, todo, out)
         out.reverse()
         return out
@@ -215,7 +240,7 @@ class Walker:
         elif target == "DNAT":
             to = rule.target_option("--to-destination")
             ip, port = _split_host_port(to.value if to else "", st.dport)
-            st = replace(st, dst=ip, dport=port, dnat=(ip, port))
+            st = st._replace(dst=ip, dport=port, dnat=(ip, port))
             effect = f"DNAT to {join_host_port(ip, port)}"
             out.append(_Outcome("accept", self._step(st, rule, effect)))
         elif target in ("MASQUERADE", "SNAT"):
@@ -225,11 +250,11 @@ class Walker:
                 snat = to.value.split(":")[0] if to else None
             else:
                 snat = self.node.source_toward(st.dst)
-            st = replace(st, masquerade=True, random_fully=rf, snat=snat)
+            st = st._replace(masquerade=True, random_fully=rf, snat=snat)
             out.append(_Outcome("accept", self._step(
                 st, rule, f"{target} to {snat or 'the node address toward ' + st.dst}")))
         elif target == "REDIRECT":
-            st = replace(st, dnat=(st.dst, st.dport))
+            st = st._replace(dnat=(st.dst, st.dport))
             out.append(_Outcome("accept", self._step(st, rule, "REDIRECT to the node itself")))
         elif target in ("LOG", "NFLOG", "TRACE", "CT", "NOTRACK", "CONNMARK", "CHECKSUM",
                         "TCPMSS", "CLASSIFY", "DSCP", "TOS", "AUDIT"):
@@ -338,7 +363,11 @@ class Walker:
                 return False
             return True
         if module == "set" and n == "--match-set":
-            return f"ipset {v} membership is not in the dump"
+            ipset = self.ipsets.get(v)
+            if ipset is None:
+                return f"ipset {v} membership is not in the dump"
+            flags = o.values[1].split(",") if len(o.values) > 1 else []
+            return ipset.test(flags, st.src, st.dst, st.sport, st.dport, pkt.protocol)
         if module in ("icmp", "icmp6"):
             return False
         if module == "pkttype":
@@ -382,16 +411,19 @@ class Walker:
                 mark &= val
             elif o.name == "--xor-mark":
                 mark ^= val
-        return replace(self._step(st, rule, f"mark {mark:#x}"), mark=mark)
+        return self._step(st, rule, f"mark {mark:#x}")._replace(mark=mark)
 
     def _step(self, st: _State, rule: Rule, effect: str) -> _State:
-        return replace(st, steps=(*st.steps, Step(rule.table, rule.chain, rule.text, effect)),
+        if not self.record_steps:
+            return st._replace(sticky=True) if not st.sticky and rule.option(
+                "recent", "--set") is not None else st
+        return st._replace(steps=(*st.steps, Step(rule.table, rule.chain, rule.text, effect)),
                        sticky=st.sticky or (rule.option("recent", "--set") is not None))
 
     @staticmethod
     def _note(st: _State, *notes: str) -> _State:
         new = tuple(n for n in notes if n not in st.notes)
-        return replace(st, notes=st.notes + new) if new else st
+        return st._replace(notes=st.notes + new) if new else st
 
     @staticmethod
     def _path(st: _State, verdict: str) -> Path:
@@ -399,6 +431,11 @@ class Walker:
             verdict = "dnat" if st.dnat else "no-match"
         return Path(st.probability, verdict, list(st.steps), st.dnat, st.masquerade,
                     st.random_fully, st.sticky, list(st.notes), st.snat, list(st.undecided))
+
+
+def _canonical(packet: Packet) -> Packet:
+    return dataclasses.replace(packet, src_ip=str(_addr(packet.src_ip)),
+                               dst_ip=str(_addr(packet.dst_ip)))
 
 
 def _port_in(port: int, spec: str) -> bool:
