@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kubectl_clusterip.config import ProxyConfig  # noqa: E402
-from kubectl_clusterip.iptables.expected import expected_rules  # noqa: E402
-from kubectl_clusterip.snapshot import NodeDumps, Snapshot, write_snapshot  # noqa: E402
+from kubectl_clusterip.config import ProxyConfig
+from kubectl_clusterip.iptables.expected import expected_rules
+from kubectl_clusterip.snapshot import NodeDumps, Snapshot, write_snapshot
 
 OUT = Path(__file__).resolve().parent / "kind-my-service"
 NODE = "kind-worker"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import click
 
-from kubectl_clusterip import __version__
+from kubectl_clusterip import __version__, completion, style
 from kubectl_clusterip.dumps import read_text
 from kubectl_clusterip.engine import (
     Request,
@@ -38,7 +39,8 @@ class Group(click.Group):
             sys.exit(EXIT_FAILED)
 
 
-def load_snapshot_from(rules_files: tuple[str, ...], snapshot_dir: str | None) -> Snapshot:
+def load_snapshot_from(rules_files: tuple[str, ...], snapshot_dir: str | None,
+                       live: Callable[[], Snapshot] | None = None) -> Snapshot:
     """Offline inputs become a snapshot; the live cluster is the default when none is given."""
     if rules_files and snapshot_dir:
         raise ClusterIPError("give --rules-file or --snapshot, not both")
@@ -46,7 +48,57 @@ def load_snapshot_from(rules_files: tuple[str, ...], snapshot_dir: str | None) -
         return load_snapshot(snapshot_dir)
     if rules_files:
         return from_rule_files(list(rules_files), read_text)
+    if live is not None:
+        return live()
     raise ClusterIPError("give --rules-file DUMP or --snapshot DIR")
+
+
+# -- the live cluster: kubectl's connection flags and the capture options ----------------
+def live_options(f):
+    """kubectl's connection flags and how the node's rules and DNS are read."""
+    for name, kw in reversed([
+        ("--kubeconfig", {"metavar": "FILE", "help": "Kubeconfig file (default: $KUBECONFIG, "
+                          "then ~/.kube/config)."}),
+        ("--context", {"metavar": "NAME", "help": "The kubeconfig context to use."}),
+        ("--cluster", {"metavar": "NAME", "help": "The kubeconfig cluster to use."}),
+        ("--user", {"metavar": "NAME", "help": "The kubeconfig user to use."}),
+        ("--request-timeout", {"metavar": "DURATION", "help": "Per API request, e.g. 30s "
+                               "(0: no timeout)."}),
+        ("--from", {"metavar": "[NS/]POD", "help": "Trace from this pod: its node and IP are "
+                    "the client."}),
+        ("--image", {"metavar": "IMAGE", "help": "Debug pod image with iptables, nft, ipvsadm, "
+                     "ipset, conntrack, iproute2.", "show_default": True}),
+        ("--via", {"type": click.Choice(["pod", "kube-proxy"]), "default": "pod",
+                   "show_default": True, "help": "Read the rules with a node debug pod, or by "
+                   "exec into the node's kube-proxy pod."}),
+        ("--dns-server", {"metavar": "IP[:PORT]", "help": "Ask this DNS server directly "
+                          "instead of CoreDNS through a port-forward."}),
+        ("--pod-timeout", {"type": click.FloatRange(1, 3600), "default": 120,
+                           "show_default": True, "help": "Seconds to wait for the debug pod."}),
+        ("--conntrack", {"is_flag": True, "help": "Also dump the node's conntrack entries "
+                         "for the service IP."}),
+    ]):
+        if name == "--image":
+            from kubectl_clusterip.cluster.debugpod import DEFAULT_IMAGE
+            kw = {**kw, "default": DEFAULT_IMAGE}
+        dest = "client_pod" if name == "--from" else name[2:].replace("-", "_")
+        f = click.option(name, dest, **kw)(f)
+    return f
+
+
+def live_source(live: dict, target: str | None, namespace: str | None, node: str | None,
+                source_ip: str | None, dns: bool = True) -> Callable[[], Snapshot]:
+    """The capture to run when no offline input is given (the kubernetes client loads late)."""
+    def run() -> Snapshot:
+        from kubectl_clusterip.cluster.capture import LiveOptions, capture_snapshot
+        from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags
+        flags = ConnectionFlags(live["kubeconfig"], live["context"], live["cluster"],
+                                live["user"], namespace, live["request_timeout"])
+        opts = LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
+                           live["via"], live["dns_server"], live["pod_timeout"],
+                           live["conntrack"], dns)
+        return capture_snapshot(flags, opts, lambda m: click.echo(m, err=True))
+    return run
 
 
 def rules_source_options(f):
@@ -61,6 +113,9 @@ def rules_source_options(f):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="kubectl clusterip",
                       message="%(prog)s %(version)s")
+@click.option("--color", type=click.Choice(style.MODES), default="auto", show_default=True,
+              expose_value=False, is_eager=True, callback=style.click_callback,
+              help="Color the text report: auto colors a terminal unless NO_COLOR is set.")
 def main() -> None:
     """Trace and diagnose Kubernetes ClusterIP Services.
 
@@ -68,6 +123,36 @@ def main() -> None:
     Follow one request from the ClusterIP through kube-proxy's rules to the endpoint
     that answers, and back through conntrack; say which step is broken and why.
     """
+
+
+@main.command()
+@click.argument("service")
+@click.option("-o", "--output-dir", "directory", required=True, metavar="DIR",
+              help="Write the snapshot into this directory.")
+@click.option("-n", "--namespace", help="Namespace of SERVICE (default: the context's).")
+@click.option("--node", "node", metavar="NODE", help="Read the rules of this node.")
+@click.option("--source-ip", metavar="IP", help="Client address to record.")
+@live_options
+def capture(service: str, directory: str, namespace: str | None, node: str | None,
+            source_ip: str | None, **live: object) -> None:
+    """Save everything a trace of SERVICE uses into a snapshot directory.
+
+    \b
+    The directory replays offline with `trace --snapshot DIR` (format: docs/snapshot.md).
+
+    \b
+    Examples:
+      kubectl clusterip capture default/my-service -o my-service-snapshot
+      kubectl clusterip capture my-service --from client-abc -o snap --conntrack
+    """
+    from kubectl_clusterip.snapshot import write_snapshot
+    snap = live_source(live, service, namespace, node, source_ip)()
+    try:
+        write_snapshot(snap, directory)
+    except OSError as e:
+        raise ClusterIPError(f"{directory}: cannot write the snapshot: {e.strerror}") from None
+    click.echo(f"wrote {directory}: {len(snap.objects)} objects, rules of node "
+               f"{snap.meta.get('clientNode')}", err=True)
 
 
 @main.command()
@@ -86,10 +171,11 @@ def main() -> None:
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
               help="An address of the node (repeatable): decides addrtype LOCAL matches.")
 @click.option("-o", "--output", type=OUTPUTS, default="text", show_default=True)
+@live_options
 def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
           to: str | None, namespace: str | None, protocol: str | None, source_ip: str | None,
           source_port: int, from_host: bool, node: str | None, node_ips: tuple[str, ...],
-          output: str) -> None:
+          output: str, **live: object) -> None:
     """Trace one request to a Service through the node's kube-proxy rules.
 
     \b
@@ -102,12 +188,17 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
       kubectl clusterip trace default/my-service --rules-file iptables-save.txt
       kubectl clusterip trace --to 10.96.0.10:53 --protocol udp --rules-file dump.txt
       kubectl clusterip trace --to [fd00:10:96::a]:53 --rules-file v4.txt --rules-file v6.txt
+      kubectl clusterip trace my-service -n default --from default/client-abc
+      kubectl clusterip trace kube-system/kube-dns:dns --node worker-1 --context kind-kind
 
     \b
     Exit codes: 0 the request reaches an endpoint, 1 a step is broken (an error-level
     finding), 2 the trace could not be made (bad usage or input).
     """
-    snap = load_snapshot_from(rules_files, snapshot_dir)
+    snap = load_snapshot_from(rules_files, snapshot_dir,
+                              live_source(live, target, namespace, node, source_ip))
+    namespace = namespace or snap.meta.get("namespace")  # live: the context's namespace
+    source_ip = source_ip or (snap.meta.get("client") or {}).get("ip")  # the --from pod's IP
     req = Request(target, namespace, to, protocol, source_ip, source_port, from_host, node,
                   node_ips)
     traces = run_trace(snap, req)
@@ -127,8 +218,9 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
 @click.option("--node", "node", metavar="NODE", help="The node of the snapshot to show.")
 @click.option("-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]),
               default="table", show_default=True)
+@live_options
 def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
-          namespace: str | None, node: str | None, output: str) -> None:
+          namespace: str | None, node: str | None, output: str, **live: object) -> None:
     """Show every service port kube-proxy programs on a node, with its endpoints and odds.
 
     \b
@@ -136,7 +228,8 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
       kubectl clusterip rules --snapshot examples/kind-my-service
       kubectl clusterip rules kube-system/kube-dns --rules-file iptables-save.txt -o json
     """
-    snap = load_snapshot_from(rules_files, snapshot_dir)
+    snap = load_snapshot_from(rules_files, snapshot_dir,
+                              live_source(live, None, namespace, node, None, dns=False))
     modes, ports = service_ports(snap, node)
     if target:
         ns, name, port_sel = parse_target(target, namespace)
@@ -152,3 +245,6 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
         click.echo("No service ports found.", err=True)
     else:
         click.echo(services_table(ports, wide=output == "wide"))
+
+
+main.add_command(completion.click_command())

@@ -14,7 +14,10 @@ from typing import Protocol
 
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane
 from kubectl_clusterip.iptables.parse import looks_like_iptables
+from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
+from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm
 from kubectl_clusterip.model import ClusterIPError, Node, Packet, ServicePort, Trace
+from kubectl_clusterip.nftables import dataplane as nftables_dataplane
 
 
 class Dataplane(Protocol):
@@ -70,8 +73,7 @@ def detect_format(text: str) -> str | None:
         return "iptables"
     if re.search(r"^\s*table (ip|ip6|inet) \S+ \{", head, re.M):
         return "nft-text"
-    if head.startswith("IP Virtual Server") or re.search(r"^-A (-t|-u|--sctp-service|-f) ", head,
-                                                        re.M):
+    if looks_like_ipvsadm(head):  # also `ipvsadm -Ln -t VIP:PORT` (no version line)
         return "ipvsadm"
     if re.search(r"^(create \S+ (hash|bitmap|list):|Name: \S+\nType: )", head, re.M):
         return "ipset"
@@ -87,10 +89,20 @@ def _build_iptables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str
     return [IptablesDataplane.from_text(text, source) for source, text in dumps]
 
 
+def _build_ipvs(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    return ipvs_dataplane.build(dumps, _all.get("iptables", []), _all.get("ipset", []))
+
+
 BUILDERS = {
     "iptables": _build_iptables,
+    "ipvsadm": _build_ipvs,
+    "nft-json": nftables_dataplane.build,
+    "nft-text": nftables_dataplane.build,
 }
 SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode"}  # read by a mode, never a dataplane alone
+# A mode that reads another format's dumps as its own: IPVS mode still writes iptables rules,
+# so a node with an IPVS table has no iptables-mode dataplane.
+CONSUMES = {"ipvsadm": ("iptables",)}
 
 
 def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
@@ -105,11 +117,17 @@ def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
 
 
 def build_dataplanes(dumps: list[tuple[str, str]]) -> list[Dataplane]:
-    """The node's dataplanes, one per mode and IP family that holds kube-proxy state."""
+    """The node's dataplanes, one per mode and IP family that holds kube-proxy state.
+
+    Mode precedence: when a node has an `ipvsadm` dump, its iptables dumps (both families)
+    belong to the IPVS dataplanes (CONSUMES), which walk them around the IPVS step; they
+    do not also become iptables-mode dataplanes, which would claim the ClusterIPs twice.
+    """
     by_format = classify(dumps)
+    consumed = {f for fmt, fs in CONSUMES.items() if fmt in by_format for f in fs}
     built: list[Dataplane] = []
     for fmt, items in by_format.items():
-        if fmt in SIDE_FORMATS:
+        if fmt in SIDE_FORMATS or fmt in consumed:
             continue
         builder = BUILDERS.get(fmt)
         if builder is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
+from kubectl_clusterip import diagnose
 from kubectl_clusterip.dumps import Dataplane, build_dataplanes
+from kubectl_clusterip.findings import FindingError
 from kubectl_clusterip.model import (
     Address,
     ClusterIPError,
@@ -123,8 +125,8 @@ def _resolve_from_api(snap: Snapshot, dps: list[Dataplane], ns: str, name: str,
                       port_sel: str | None, protocol: str | None) -> list[Target]:
     """The Service object decides what to trace, so a service missing from the rules shows."""
     svc = snap.get("Service", ns, name)
-    if svc is None:
-        raise ClusterIPError(f"service {ns}/{name} not found")
+    if svc is None:  # exit 2 (nothing to trace), with near names as the next step
+        raise FindingError(diagnose.service_not_found(snap, ns, name))
     spec = svc.get("spec", {})
     if spec.get("type") == "ExternalName":
         raise ClusterIPError(f"service {ns}/{name} is ExternalName: DNS answers with a CNAME "
@@ -134,13 +136,14 @@ def _resolve_from_api(snap: Snapshot, dps: list[Dataplane], ns: str, name: str,
         raise ClusterIPError(f"service {ns}/{name} is headless (clusterIP: None): DNS returns "
                              "the pod IPs and kube-proxy does not touch its traffic")
     out = []
-    for p in spec.get("ports") or []:
+    wanted = [p for p in spec.get("ports") or []
+              if (not port_sel or port_sel in (p.get("name") or "", str(p.get("port"))))
+              and (not protocol or (p.get("protocol") or "TCP").lower() == protocol)]
+    if not wanted:
+        raise FindingError(diagnose.port_mismatch(svc, port_sel, protocol))
+    for p in wanted:
         pname, number = p.get("name") or "", int(p.get("port", 0))
         proto = (p.get("protocol") or "TCP").lower()
-        if port_sel and port_sel not in (pname, str(number)):
-            continue
-        if protocol and proto != protocol:
-            continue
         for ip in ips:
             family = ipaddress.ip_address(ip).version
             fitting = [dp for dp in dps if dp.family == family]
@@ -175,10 +178,22 @@ def default_source(dp: Dataplane, avoid: set[str], node: Node,
 
 def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
     node = node_name(snap, req)
-    dps = dataplanes(snap, node)
+    try:
+        dps = dataplanes(snap, node)
+    except ClusterIPError:
+        # No kube-proxy rules: with API objects the diagnosis can still say why (down, or
+        # replaced by a CNI), so trace the bare iptables state rather than stop here.
+        dps = diagnose.dataplanes_without_proxy(snap, node)
+        if not dps:
+            raise
     ctx = node_context(snap, node, req.node_ips)
     traces = []
-    for t in resolve(snap, dps, req):
+    targets = resolve(snap, dps, req)
+    if req.source_ip and len({t.dataplane.family for t in targets}) > 1:
+        # A dual-stack service: --source-ip picks the family to trace.
+        fam = ipaddress.ip_address(req.source_ip).version
+        targets = [t for t in targets if t.dataplane.family == fam] or targets
+    for t in targets:
         avoid = {e[0] for sp in t.dataplane.services() if sp.cluster_ip == t.ip
                  for e in sp.endpoints}
         client = (snap.meta.get("client") or {}).get("ip")
@@ -199,6 +214,8 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
         if why:
             trace.notes.insert(0, f"source {src}: {why}")
         traces.append(trace)
+    if snap.has_objects():
+        diagnose.apply(snap, node, traces, dps)
     return traces
 
 

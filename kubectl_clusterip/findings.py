@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from kubectl_clusterip.model import Finding, Trace
+from kubectl_clusterip.model import ClusterIPError, Finding, Trace
+
+# The six steps of one request (design notes), in the order the report prints them.
+STEPS = ("service", "rules", "dns", "dnat", "forward", "reply")
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 # code -> (severity, the step of the path it breaks)
 CODES: dict[str, tuple[str, str]] = {
+    # from the walk of the node's rules (trace.py)
     "NoServiceRule": ("error", "rules"),
     "NoEndpointsReject": ("error", "dnat"),
     "NoLocalEndpointsDrop": ("error", "dnat"),
@@ -14,7 +19,38 @@ CODES: dict[str, tuple[str, str]] = {
     "UndecidedMatch": ("warning", "rules"),
     "Hairpin": ("info", "reply"),
     "SessionAffinity": ("info", "dnat"),
+    # from the API objects and the expectation (diagnose.py)
+    "ServiceNotFound": ("error", "service"),
+    "PortMismatch": ("error", "service"),
+    "SelectorMatchesNoPods": ("error", "service"),
+    "NoReadyPods": ("error", "service"),
+    "NamedPortNotFound": ("error", "service"),
+    "NoKubeProxy": ("error", "rules"),
+    "KubeProxyReplaced": ("warning", "rules"),
+    "ProxyModeMismatch": ("warning", "rules"),
+    "ServiceNotProgrammed": ("error", "rules"),
+    "MissingEndpointRules": ("error", "rules"),
+    "StaleEndpointRules": ("error", "rules"),
+    "DnsNotResolved": ("error", "dns"),
+    "DnsWrongAddress": ("error", "dns"),
+    "NoCoreDNSReady": ("error", "dns"),
+    "TopologyFiltered": ("info", "dnat"),
+    "TopologyHintsIgnored": ("warning", "dnat"),
+    "StaleConntrack": ("error", "dnat"),
 }
+
+
+class FindingError(ClusterIPError):
+    """No trace can be made, and a finding says why (the CLI prints it and exits 2)."""
+
+    def __init__(self, found: Finding):
+        self.finding = found
+        text = f"{found.code}: {found.message}"
+        if found.evidence:
+            text += f" ({found.evidence})"
+        if found.hint:
+            text += f"; next: {found.hint}"
+        super().__init__(text)
 
 
 def finding(code: str, message: str, evidence: str = "", hint: str = "") -> Finding:
@@ -26,12 +62,27 @@ def has_errors(findings: list[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
 
+def step_number(step: str) -> int:
+    """1..6 for the six steps; 7 for a finding not tied to one."""
+    return STEPS.index(step) + 1 if step in STEPS else len(STEPS) + 1
+
+
+def ordered(findings: list[Finding]) -> list[Finding]:
+    """Path order, then severity: the first error is the earliest broken step (the cause)."""
+    return sorted(findings, key=lambda f: (step_number(f.step),
+                                           SEVERITY_ORDER.get(f.severity, 3)))
+
+
 def summary(trace: Trace) -> str:
     """One line: healthy, or the first broken step."""
-    errors = [f for f in trace.findings if f.severity == "error"]
+    errors = [f for f in ordered(trace.findings) if f.severity == "error"]
     if errors:
-        return f"BROKEN at step '{errors[0].step}': {errors[0].message}"
-    warnings = [f for f in trace.findings if f.severity == "warning"]
+        f = errors[0]
+        return f"BROKEN at step {step_number(f.step)} ({f.step}): {f.code}: {f.message}"
+    warnings = [f for f in ordered(trace.findings) if f.severity == "warning"]
+    if trace.verdict != "dnat":
+        why = f": {warnings[0].message}" if warnings else ""
+        return f"NOT TRACED: no kube-proxy rule handles this request{why}"
     if warnings:
         return f"OK with {len(warnings)} warning(s): {warnings[0].message}"
     return "OK: the request reaches an endpoint and the reply returns through conntrack"

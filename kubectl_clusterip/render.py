@@ -7,8 +7,8 @@ import json
 import yaml
 from tabulate import tabulate
 
-from kubectl_clusterip.findings import summary
-from kubectl_clusterip.model import Node, ServicePort, Trace
+from kubectl_clusterip.findings import STEPS, ordered, summary
+from kubectl_clusterip.model import Candidate, Finding, Node, ServicePort, Trace
 
 
 def dump(data: object, fmt: str) -> str:
@@ -31,40 +31,94 @@ def percent(p: float) -> str:
 def _forwarding(node: Node, ip: str) -> str:
     route = node.route_to(ip)
     if route is None:
-        return "unknown (the dump holds no node routes)"
+        return "route unknown (the dump holds no node routes)"
     if route.gateway:
-        return f"to another node via {route.gateway} ({route.dev})"
-    return f"same node, delivered on {route.dev}"
+        return f"routed via {route.gateway} ({route.dev})"
+    return f"delivered on {route.dev}"
+
+
+def _forward_line(t: Trace, c: Candidate, node: Node) -> str:
+    """Same node or another, from the EndpointSlice; the CNI carries cross-node traffic."""
+    ep_node = c.extra.get("node")
+    here = node.name or t.extra.get("clientNode")
+    route = _forwarding(node, c.ip)
+    if ep_node and here:
+        if ep_node == here:
+            return f"same node ({ep_node}): {route}"
+        cni = t.extra.get("cni") or "the CNI (not identified)"
+        return f"cross-node to {ep_node}, carried by {cni}: {route}"
+    return route
+
+
+def _pod(c: Candidate) -> str:
+    if c.extra.get("inAPI") is False:
+        return "(not in the API)"
+    pod, ns = c.extra.get("pod"), c.extra.get("podNamespace")
+    return f"{ns}/{pod}" if pod and ns else (pod or "")
+
+
+def _state(c: Candidate) -> str:
+    if "ready" not in c.extra:
+        return ""
+    if c.extra.get("terminating"):
+        return "terminating" + (", serving" if c.extra.get("serving") else "")
+    return "ready" if c.extra.get("ready") else "not ready"
+
+
+def _finding_lines(found: list[Finding], indent: int = 15) -> list[str]:
+    pad = " " * indent
+    out = []
+    for f in found:
+        out.append(f"{pad}{f.severity.upper()} {f.code}: {f.message}")
+        if f.evidence:
+            out.append(f"{pad}  evidence: {f.evidence}")
+        if f.hint:
+            out.append(f"{pad}  next: {f.hint}")
+    return out
 
 
 def trace_report(t: Trace, node: Node) -> str:
-    """The six steps of the design notes, as far as the data at hand can tell."""
+    """The six steps of the design notes, each followed by the findings that break it."""
     p = t.packet
     where = f" on {node.name}" if node.name else ""
     origin = "a host-network process" if p.from_host else "a pod"
     lines = [f"Tracing {p.protocol.upper()} {_hp(p.src_ip, p.src_port)} -> "
              f"{_hp(p.dst_ip, p.dst_port)} from {origin}{where} ({t.proxy_mode} mode, "
-             f"IPv{p.family})", ""]
+             f"IPv{p.family})"]
+    client = t.extra.get("client")
+    if isinstance(client, dict) and client.get("pod") and client.get("ip") == p.src_ip:
+        lines.append(f"Client pod {client.get('pod')} ({client.get('ip', '?')}) on node "
+                     f"{client.get('node') or t.extra.get('clientNode', '?')}")
+    lines.append("")
+    by_step: dict[str, list[Finding]] = {}
+    for f in ordered(t.findings):
+        by_step.setdefault(f.step if f.step in STEPS else "", []).append(f)
+
     svc = t.service or "(no service claims this address)"
     lines.append(f"1. Service    {svc}  {_hp(p.dst_ip, p.dst_port)}/{p.protocol.upper()}")
+    lines += _finding_lines(by_step.get("service", []))
     lines.append(f"2. Rules      {t.proxy_mode}: "
                  + ("the request is claimed by:" if t.capture else "no kube-proxy rule claims it"))
     for s in t.capture:
         lines.append(f"               {s.table} {s.chain}: {s.rule}")
+    lines += _finding_lines(by_step.get("rules", []))
     lines.append(f"3. DNS        {t.extra.get('dnsSummary', 'not checked (offline trace)')}")
+    lines += _finding_lines(by_step.get("dns", []))
     if t.verdict == "dnat":
         lines.append(f"4. DNAT       one endpoint per new connection, {len(t.candidates)} "
                      "candidate(s):")
         rows = []
         for c in t.candidates:
-            via = c.extra.get("dnatChain", "")
             rows.append([c.endpoint, percent(c.probability), "yes" if c.masquerade else "no",
-                         c.extra.get("pod", ""), via])
-        lines += _indent(tabulate(rows, ["ENDPOINT", "PROBABILITY", "MASQUERADE", "POD",
-                                         "CHAIN"], tablefmt="plain"), 15)
+                         _pod(c), c.extra.get("node") or "", _state(c),
+                         c.extra.get("dnatChain", "")])
+        lines += _indent(tabulate(rows, ["ENDPOINT", "PROBABILITY", "MASQUERADE", "POD", "NODE",
+                                         "STATE", "CHAIN"], tablefmt="plain"), 15)
+        lines += _finding_lines(by_step.get("dnat", []))
         lines.append("5. Forwarding")
         for c in t.candidates:
-            lines.append(f"               {c.endpoint}: {_forwarding(node, c.ip)}")
+            lines.append(f"               {c.endpoint}: {_forward_line(t, c, node)}")
+        lines += _finding_lines(by_step.get("forward", []))
         lines.append("6. Reply      conntrack reverses the NAT for every reply packet:")
         for c, r in zip(t.candidates, t.reverse):
             lines.append(f"               {r['conntrack']}")
@@ -72,24 +126,22 @@ def trace_report(t: Trace, node: Node) -> str:
                 why = c.extra.get("masqueradeRule", "")
                 lines.append(f"                 masqueraded by: {why}" if why else
                              "                 masqueraded")
+        lines += _finding_lines(by_step.get("reply", []))
     else:
         word = {"reject": "REJECTED", "drop": "DROPPED", "no-match": "NOT NATed"}.get(
             t.verdict, t.verdict)
         lines.append(f"4. DNAT       {word}: no endpoint is chosen")
+        lines += _finding_lines(by_step.get("dnat", []))
         lines.append("5. Forwarding -")
+        lines += _finding_lines(by_step.get("forward", []))
         lines.append("6. Reply      -" if t.verdict != "reject" else
                      "6. Reply      the node answers with an ICMP port-unreachable "
                      "(connection refused)")
+        lines += _finding_lines(by_step.get("reply", []))
+    if by_step.get(""):
+        lines += ["", "Other findings:", *_finding_lines(by_step[""], 2)]
     if t.notes:
         lines += ["", "Assumptions:"] + [f"  - {n}" for n in t.notes]
-    if t.findings:
-        lines += ["", "Findings:"]
-        for f in t.findings:
-            lines.append(f"  {f.severity.upper():8} {f.code}: {f.message}")
-            if f.evidence:
-                lines.append(f"           evidence: {f.evidence}")
-            if f.hint:
-                lines.append(f"           next: {f.hint}")
     lines += ["", summary(t)]
     return "\n".join(lines)
 

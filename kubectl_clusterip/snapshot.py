@@ -32,7 +32,7 @@ NODE_FILES = {
     "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
 }
 RULE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "nft-ruleset.json", "nft-ruleset.txt",
-              "ipvsadm-save.txt")
+              "ipvsadm-save.txt", "ipset-save.txt")
 SNAPSHOT_API = "clusterip.kubectl.dev/v1alpha1"
 
 
@@ -47,9 +47,10 @@ class NodeDumps:
                                  self.files.get("ip-route.json", ""))
 
     def rule_dumps(self) -> list[tuple[str, str]]:
-        """Rule dumps in a fixed order; files not named like NODE_FILES are dumps given by hand."""
-        known = [(f"{self.name}/{f}", self.files[f]) for f in RULE_FILES if f in self.files]
-        return known + [(f, t) for f, t in self.files.items() if f not in NODE_FILES]
+        """The node's rule dumps, in a fixed order."""
+        if self.name == "":  # dumps given on the command line: every file, whatever its name
+            return list(self.files.items())
+        return [(f"{self.name}/{f}", self.files[f]) for f in RULE_FILES if f in self.files]
 
 
 @dataclass

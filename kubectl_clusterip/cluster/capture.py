@@ -1,0 +1,308 @@
+"""Gather one trace's Snapshot from a live cluster: the imperative shell around the engine.
+
+About ten requests beside polling: the Service, its EndpointSlices, its Pods (one selector
+list), the Nodes, the kube-system Pods (kube-proxy and CoreDNS from one list), the
+kube-proxy ConfigMap, the kube-system DaemonSets, the client pod (with --from), and the debug
+pod's create, log and delete. DNS adds one port-forward. Whatever decides (which node, which
+files, which names to ask) is a pure function here or elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import yaml
+
+from kubectl_clusterip import __version__
+from kubectl_clusterip.cluster import debugpod
+from kubectl_clusterip.cluster import dns as dnsmod
+from kubectl_clusterip.cluster.api import Api, Forbidden
+from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags, load
+from kubectl_clusterip.model import ClusterIPError
+from kubectl_clusterip.snapshot import SNAPSHOT_API, NodeDumps, Snapshot
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """What the user asked of the live cluster, beside the connection flags."""
+
+    target: str | None = None  # NAMESPACE/NAME[:PORT] or NAME[:PORT]
+    client_pod: str | None = None  # --from [NAMESPACE/]POD
+    node: str | None = None
+    source_ip: str | None = None
+    image: str = debugpod.DEFAULT_IMAGE
+    via: str = "pod"  # pod | kube-proxy
+    dns_server: str | None = None
+    pod_timeout: float = 120.0
+    conntrack: bool = False
+    dns: bool = True
+
+
+def _labels(o: dict) -> dict:
+    return (o.get("metadata") or {}).get("labels") or {}
+
+
+def _name(o: dict) -> str:
+    return (o.get("metadata") or {}).get("name", "")
+
+
+def is_kube_proxy(pod: dict) -> bool:
+    lb = _labels(pod)
+    return (lb.get("k8s-app") == "kube-proxy" or lb.get("component") == "kube-proxy"
+            or _name(pod).startswith("kube-proxy-"))
+
+
+def is_dns(pod: dict) -> bool:
+    return _labels(pod).get("k8s-app") == "kube-dns" or _name(pod).startswith("coredns-")
+
+
+def _ready(o: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (o.get("status") or {}).get("conditions") or [])
+
+
+def endpoint_nodes(slices: list[dict]) -> set[str]:
+    return {e["nodeName"] for s in slices for e in s.get("endpoints") or [] if e.get("nodeName")}
+
+
+def choose_node(nodes: list[dict], slices: list[dict]) -> tuple[str, str]:
+    """A client node for the trace, and why: a Ready node without the endpoints shows the
+    cross-node path; a worker before a control-plane node; else any Ready node."""
+    if not nodes:
+        raise ClusterIPError("the cluster lists no nodes: nothing to trace on (pass --node)")
+    with_eps = endpoint_nodes(slices)
+
+    def rank(n: dict) -> tuple:
+        control = any(k.startswith("node-role.kubernetes.io/control-plane") or
+                      k.startswith("node-role.kubernetes.io/master") for k in _labels(n))
+        return (not _ready(n), _name(n) in with_eps, control, _name(n))
+
+    best = sorted(nodes, key=rank)[0]
+    name = _name(best)
+    if not _ready(best):
+        why = "no node is Ready; tracing on the first one"
+    elif not with_eps:
+        why = "the service has no endpoints on any node"
+    elif name in with_eps:
+        why = "every Ready node runs an endpoint, so the trace shows a same-node path"
+    else:
+        why = "it runs no endpoint, so the trace shows the cross-node path"
+    return name, why
+
+
+def pod_ip(pod: dict, family: int | None = None) -> str | None:
+    st = pod.get("status") or {}
+    ips = [p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")] or (
+        [st["podIP"]] if st.get("podIP") else [])
+    for ip in ips:
+        if family is None or (":" in ip) == (family == 6):
+            return ip
+    return None
+
+
+def proxy_mode_hint(configmap: dict | None) -> str:
+    """kube-proxy's configured mode ('' when unknown: the pod then dumps every mode)."""
+    if not configmap:
+        return ""
+    try:
+        doc = yaml.safe_load((configmap.get("data") or {}).get("config.conf") or "") or {}
+    except yaml.YAMLError:
+        return ""
+    mode = doc.get("mode") if isinstance(doc, dict) else ""
+    return mode if mode in ("iptables", "ipvs", "nftables") else ""
+
+
+def _split(ref: str, default_ns: str) -> tuple[str, str]:
+    ns, slash, name = ref.rpartition("/")
+    return (ns if slash else default_ns), name
+
+
+def _selector(sel: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+
+
+def _optional(what: str, call: Callable, progress: Progress):
+    """Context the trace can do without: a 403/404 is said once and skipped."""
+    try:
+        return call()
+    except Forbidden as e:
+        progress(f"warning: {what} skipped: {e}")
+        return None
+
+
+def capture_snapshot(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
+                     api: Api | None = None) -> Snapshot:
+    """The snapshot of one trace; Ctrl-C and SIGTERM become one error line after cleanup."""
+    try:
+        return _capture(flags, opts, progress, api)
+    except KeyboardInterrupt:
+        raise ClusterIPError("interrupted; nothing was left in the cluster") from None
+
+
+def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
+             api: Api | None) -> Snapshot:
+    if api is None:
+        api = Api(load(flags))
+    kc = api.kc
+    objects: list[dict] = []
+    meta: dict = {"apiVersion": SNAPSHOT_API, "kind": "Snapshot",
+                  "capturedAt": datetime.datetime.now(datetime.timezone.utc).strftime(
+                      "%Y-%m-%dT%H:%M:%SZ"),
+                  "capturedBy": f"kubectl-clusterip {__version__}",
+                  "source": f"context {kc.context} ({api.server})",
+                  "namespace": kc.namespace}
+    svc, slices, ns, name = None, [], kc.namespace, None
+    if opts.target:
+        from kubectl_clusterip.engine import parse_target
+        ns, name, _port = parse_target(opts.target, kc.namespace)
+        meta["service"] = f"{ns}/{name}"
+        svc = api.get("Service", name, ns)
+        if svc is None:
+            raise ClusterIPError(f"service {ns}/{name} not found (context {kc.context})")
+        spec = svc.get("spec") or {}
+        if spec.get("type") == "ExternalName":
+            raise ClusterIPError(f"service {ns}/{name} is ExternalName: DNS answers with a "
+                                 f"CNAME to {spec.get('externalName')}; no ClusterIP to trace")
+        if spec.get("clusterIP") in (None, "", "None"):
+            raise ClusterIPError(f"service {ns}/{name} is headless (clusterIP: None): DNS "
+                                 "returns the pod IPs and kube-proxy does not touch it")
+        objects.append(svc)
+        slices = api.list("EndpointSlice", ns, f"kubernetes.io/service-name={name}")
+        objects += slices
+        if spec.get("selector"):
+            objects += api.list("Pod", ns, _selector(spec["selector"]))
+        elif not slices:
+            raise ClusterIPError(f"service {ns}/{name} has no selector and no EndpointSlices: "
+                                 "nothing sends its traffic anywhere (create EndpointSlices "
+                                 f"labelled kubernetes.io/service-name={name}, or add a "
+                                 "selector)")
+        else:
+            progress(f"service {ns}/{name} has no selector: its {len(slices)} EndpointSlice(s) "
+                     "are managed by hand")
+        if not any(e.get("addresses") for s in slices for e in s.get("endpoints") or []):
+            progress(f"warning: service {ns}/{name} has no endpoints; tracing what the node "
+                     "does with it")
+
+    client_pod = None
+    if opts.client_pod:
+        cns, cname = _split(opts.client_pod, kc.namespace)
+        client_pod = next((o for o in objects if o.get("kind") == "Pod" and _name(o) == cname
+                           and o["metadata"].get("namespace") == cns), None) or api.get(
+            "Pod", cname, cns)
+        if client_pod is None:
+            raise ClusterIPError(f"--from pod {cns}/{cname} not found")
+        if client_pod not in objects:
+            objects.append(client_pod)
+
+    nodes = api.list("Node")
+    objects += nodes
+    system = _optional("kube-system pods (kube-proxy, CoreDNS)",
+                       lambda: api.list("Pod", "kube-system"), progress) or []
+    proxies = [p for p in system if is_kube_proxy(p)]
+    dns_pods = [p for p in system if is_dns(p)]
+    objects += [p for p in proxies + dns_pods if p not in objects]
+    cm = _optional("the kube-proxy ConfigMap",
+                   lambda: api.get("ConfigMap", "kube-proxy", "kube-system"), progress)
+    if cm:
+        objects.append(cm)
+    objects += _optional("kube-system DaemonSets (the CNI)",
+                         lambda: api.list("DaemonSet", "kube-system"), progress) or []
+
+    # -- the client: --from POD, --node, or a node chosen for the user ---------------------
+    node_names = {_name(n) for n in nodes}
+    if client_pod is not None:
+        node = (client_pod.get("spec") or {}).get("nodeName")
+        if not node:
+            raise ClusterIPError(f"--from pod {opts.client_pod} is not scheduled on a node")
+        family = 6 if svc and ":" in (svc["spec"].get("clusterIP") or "") else 4
+        ip = opts.source_ip or pod_ip(client_pod, family)
+        progress(f"client: pod {client_pod['metadata']['namespace']}/{_name(client_pod)} "
+                 f"({ip}) on node {node}")
+    elif opts.node:
+        node, ip = opts.node, opts.source_ip
+        if node not in node_names:
+            raise ClusterIPError(f"node {node} not found (nodes: {', '.join(sorted(node_names))})")
+    else:
+        node, why = choose_node(nodes, slices)
+        ip = opts.source_ip
+        progress(f"tracing on node {node}: {why} (choose with --node or --from)")
+    meta["clientNode"] = node
+    meta["client"] = {"pod": (f"{client_pod['metadata']['namespace']}/{_name(client_pod)}"
+                              if client_pod else None), "ip": ip, "node": node}
+
+    # -- the node's rules --------------------------------------------------------------
+    mode = proxy_mode_hint(cm)
+    ct_args = ""
+    if opts.conntrack and svc:
+        ip0 = svc["spec"].get("clusterIP") or ""
+        ct_args = f"-f ipv6 -d {ip0}" if ":" in ip0 else f"-d {ip0}"
+    log = _node_log(api, opts, node, mode, ct_args, proxies, progress)
+    sections = debugpod.parse_log(log)
+    if not sections.complete and not sections.output:
+        raise ClusterIPError(f"the node dump from {node} holds no sections (does image "
+                             f"{opts.image} have sh?)")
+    files, info = debugpod.node_files(sections)
+    meta["nodeDump"] = {"node": node, "via": opts.via, "image": opts.image if opts.via == "pod"
+                        else None, "modeHint": mode or None, **info}
+    for failed, err in (info.get("errors") or {}).items():
+        if failed != "proxy-mode" and failed.split("-")[0] not in ("iptables", "ip6tables"):
+            progress(f"warning: on {node}, {failed}: {err}")
+
+    # -- DNS: as the client would ask ------------------------------------------------------
+    if opts.dns and svc:
+        try:
+            meta["dns"] = _dns(api, opts, svc, client_pod, dns_pods)
+        except ClusterIPError as e:  # we could not ask: say so, and claim nothing about DNS
+            progress(f"warning: DNS not checked: {e}")
+            meta["dnsNotChecked"] = str(e)
+    return Snapshot(meta, objects, {node: NodeDumps(node, files)},
+                    f"context {kc.context}")
+
+
+def _node_log(api: Api, opts: LiveOptions, node: str, mode: str, ct_args: str,
+              proxies: list[dict], progress: Progress) -> str:
+    if opts.via == "kube-proxy":
+        proxy = next((p for p in proxies if (p.get("spec") or {}).get("nodeName") == node), None)
+        if proxy is None:
+            raise ClusterIPError(f"--via kube-proxy: no kube-proxy pod on node {node} (kube-proxy "
+                                 "may be replaced here); omit --via to use a debug pod")
+        progress(f"reading the rules by exec into {proxy['metadata']['namespace']}/"
+                 f"{_name(proxy)}")
+        return debugpod.exec_script(api, proxy, mode, ct_args)
+    pod = debugpod.pod_spec(node, opts.image, mode, ct_args)
+    return debugpod.run_debug_pod(api, pod, opts.pod_timeout, progress)
+
+
+def _dns(api: Api, opts: LiveOptions, svc: dict, client_pod: dict | None,
+         dns_pods: list[dict]) -> dict:
+    """meta["dns"]; a ClusterIPError when the server could not be asked at all."""
+    ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+    client_ns = client_pod["metadata"]["namespace"] if client_pod else ns
+    query = name if client_ns == ns else f"{name}.{ns}"
+    search, ndots = dnsmod.client_resolv(client_pod, client_ns)
+    srv = [(p["name"], p.get("protocol") or "TCP") for p in svc["spec"].get("ports") or []
+           if p.get("name")]
+    timeout = min(api.kc.timeout or 3.0, 5.0)
+    expected = [ip for ip in svc["spec"].get("clusterIPs") or [svc["spec"].get("clusterIP")]
+                if ip]
+    if opts.dns_server:
+        host, port = dnsmod.parse_server(opts.dns_server)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        out = dnsmod.lookup(query, search, ndots, dnsmod.udp_asker(host, port, timeout),
+                            f"{where} (--dns-server, UDP)", srv)
+        return {**out, "expected": expected}
+    ready = [p for p in dns_pods if _ready(p)] or dns_pods
+    if not ready:
+        return {"query": query, "fqdn": None, "searchPath": search, "ndots": ndots,
+                "server": None, "answers": [], "expected": expected,
+                "error": "no CoreDNS/kube-dns pod found in kube-system"}
+    target = ready[0]
+    where = (f"{pod_ip(target) or '?'}:53 (pod kube-system/{_name(target)} via "
+             "port-forward, TCP)")
+    with dnsmod.port_forward_asker(api, target, timeout) as ask:
+        out = dnsmod.lookup(query, search, ndots, ask, where, srv)
+    return {**out, "expected": expected}

@@ -1,0 +1,574 @@
+"""Walk one packet through kube-proxy's nftables table the way the kernel does.
+
+Base chains run per hook in priority order (prerouting: filter -110, then nat -100 DNAT;
+then the routing decision; forward or input; postrouting nat 100 masquerade; a host
+process starts at output). Verdict maps and `numgen random mod N` split the walk: every
+branch carries its exact probability (the number of numgen indices that lead to it over
+N), so each endpoint's odds come out of the rules themselves. A match the walker cannot
+decide from the dump is assumed not to match and the assumption is put on the path's
+`undecided` list, never silently taken.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
+from kubectl_clusterip.nftables.parse import Chain, Rule, Table, value_matches
+
+MAX_RULES_PER_WALK = 200_000
+MAX_DEPTH = 64
+_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp"}
+
+
+class _Undecided(str):
+    """Why a value cannot be known from the dump (e.g. an interface name)."""
+
+
+class _Absent:
+    """A header the packet does not have (`tcp dport` on a UDP packet): no match either way."""
+
+
+ABSENT = _Absent()
+
+
+class _State(NamedTuple):
+    """The packet as one branch of the walk sees it (a NamedTuple: copies are cheap)."""
+
+    probability: float
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    mark: int = 0
+    dnat: tuple[str, int] | None = None
+    masquerade: bool = False
+    random_fully: bool = False
+    snat: str | None = None
+    sticky: bool = False
+    steps: tuple[Step, ...] = ()
+    notes: tuple[str, ...] = ()
+    undecided: tuple[str, ...] = ()
+
+
+def replace(st: _State, **changes: Any) -> _State:
+    return st._replace(**changes)
+
+
+_Action = Any  # None (next rule) | ("jump"|"goto", chain) | "return" | "accept" | "drop" | …
+
+
+@dataclass
+class Walker:
+    table: Table
+    node: Node = field(default_factory=Node)
+    affinity: dict[str, set[str]] = field(default_factory=dict)  # extra set members by name
+    # Known not to be the node's own even when its addresses are unknown: Service IPs (never
+    # bound in nftables mode) and the pod network.
+    remote_ips: frozenset[str] = frozenset()
+    remote_cidrs: tuple[str, ...] = ()
+    record_steps: bool = True  # False when only the outcome matters (the services view)
+
+    def __post_init__(self) -> None:
+        self.label = self.table.label
+        self.entered: set[str] = set()  # chains jumped to, so a caller can forget them
+        self._packet = Packet("0.0.0.0", "0.0.0.0", 0)
+        self._family = 4
+        self._hooks: dict[str, list[Chain]] = {}
+        for ch in self.table.chains.values():
+            if ch.is_base:
+                self._hooks.setdefault(ch.hook or "", []).append(ch)
+        for chains in self._hooks.values():
+            chains.sort(key=lambda c: (c.priority or 0))
+
+    # -- public -----------------------------------------------------------------------------
+
+    def walk(self, packet: Packet) -> list[Path]:
+        """All paths the first packet of this connection can take, with their probabilities."""
+        self._packet, self._family = packet, packet.family
+        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        paths: list[Path] = []
+        first = "output" if packet.from_host else "prerouting"
+        for st, verdict in self._hook(first, [start]):
+            if verdict != "accept":
+                paths.append(self._path(st, verdict))
+                continue
+            for st2, verdict2 in self._after_routing(st):
+                paths.append(self._path(st2, verdict2))
+        return paths
+
+    def walk_chain(self, chain: str, packet: Packet) -> list[tuple[_State, str]]:
+        """Walk from one regular chain only (a service's dispatch chain, for `services`)."""
+        self._packet, self._family = packet, packet.family
+        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        ch = self.table.chains.get(chain)
+        if ch is None:
+            return [(start, "accept")]
+        return self._traverse(ch, start)
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def _after_routing(self, st: _State) -> list[tuple[_State, str]]:
+        if self._packet.from_host:
+            return self._hook("postrouting", [st])
+        local = self.is_local(st.dst)
+        if local:
+            return self._hook("input", [st])
+        if local is None:
+            st = _note(st, f"assumed {st.dst} is not an address of this node (give the node's "
+                           "addresses to decide)")
+        out: list[tuple[_State, str]] = []
+        for s, v in self._hook("forward", [st]):
+            out.extend([(s, v)] if v != "accept" else self._hook("postrouting", [s]))
+        return out
+
+    def _hook(self, hook: str, states: list[_State]) -> list[tuple[_State, str]]:
+        """Every base chain of the hook in priority order; accept passes to the next one."""
+        chains = self._hooks.get(hook, [])
+        results: list[tuple[_State, str]] = []
+        todo = [(s, 0) for s in states]
+        while todo:
+            st, ci = todo.pop()
+            if ci == len(chains):
+                results.append((st, "accept"))
+                continue
+            ch = chains[ci]
+            if ch.type == "nat" and self._nat_done(hook, st):
+                todo.append((st, ci + 1))
+                continue
+            for s, v in self._traverse(ch, st):
+                if v == "accept":
+                    todo.append((s, ci + 1))
+                else:
+                    results.append((s, v))
+        results.reverse()
+        return results
+
+    @staticmethod
+    def _nat_done(hook: str, st: _State) -> bool:
+        """Once a connection has its NAT binding, later nat chains of the hook are skipped."""
+        if hook in ("prerouting", "output"):
+            return st.dnat is not None
+        if hook in ("postrouting", "input"):
+            return st.masquerade
+        return False
+
+    # -- chains -----------------------------------------------------------------------------
+
+    def _traverse(self, chain: Chain, st: _State) -> list[tuple[_State, str]]:
+        out: list[tuple[_State, str]] = []
+        todo: list[tuple[_State, tuple[tuple[str, int], ...]]] = [(st, ((chain.name, 0),))]
+        budget = MAX_RULES_PER_WALK
+        chains = self.table.chains
+        while todo:
+            st, stack = todo.pop()
+            name, idx = stack[-1]
+            ch = chains.get(name)
+            rules = ch.rules if ch is not None else []
+            if idx >= len(rules):
+                stack = stack[:-1]
+                if stack:
+                    todo.append((st, stack))
+                else:
+                    out.append((st, "drop" if chain.policy == "drop" else "accept"))
+                continue
+            budget -= 1
+            if budget <= 0:
+                out.append((_note(st, f"stopped after {MAX_RULES_PER_WALK} rules in "
+                                      f"{self.label} {chain.name}"), "accept"))
+                continue
+            rule = rules[idx]
+            stack = (*stack[:-1], (name, idx + 1))
+            for s, action in self._exec(rule, st):
+                if action is None or action == "continue":
+                    todo.append((s, stack))
+                elif isinstance(action, tuple):
+                    verb, target = action
+                    if target not in chains:
+                        todo.append((_note(s, f"{self.label} {name}: {verb} to missing chain "
+                                              f"{target}; assumed it continues"), stack))
+                    elif len(stack) >= MAX_DEPTH:
+                        out.append((_note(s, f"jump depth over {MAX_DEPTH}"), "accept"))
+                    else:
+                        base = stack[:-1] if verb == "goto" else stack
+                        todo.append((s, (*base, (target, 0))))
+                        self.entered.add(target)
+                elif action == "return":
+                    if len(stack) > 1:
+                        todo.append((s, stack[:-1]))
+                    else:
+                        out.append((s, "drop" if chain.policy == "drop" else "accept"))
+                else:
+                    out.append((s, action))
+        out.reverse()
+        return out
+
+    # -- one rule ---------------------------------------------------------------------------
+
+    def _exec(self, rule: Rule, st: _State) -> list[tuple[_State, _Action]]:
+        """The branches a rule sends the packet on, with what each does next."""
+        return list(self._run(rule, rule.expr, 0, st, ()))
+
+    def _run(self, rule: Rule, expr: list, i: int, st: _State,
+             effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+        while i < len(expr):
+            (kind, v), = expr[i].items()
+            i += 1
+            if kind == "match":
+                ok = self._match(v, st)
+                if ok is True:
+                    continue
+                if isinstance(ok, _Undecided):
+                    st = _undecide(st, f"{self.label} {rule.chain}: {ok}; assumed no match: "
+                                       f"{rule.text}")
+                yield self._done(rule, st, effects), None
+                return
+            if kind == "vmap":
+                yield from self._vmap(rule, v, st, effects)
+                return
+            if kind in ("jump", "goto"):
+                target = v["target"]
+                yield self._done(rule, st, (*effects, f"{kind} {target}")), (kind, target)
+                return
+            if kind in ("accept", "drop", "return", "continue"):
+                yield self._done(rule, st, (*effects, kind)), kind
+                return
+            if kind == "reject":
+                yield self._done(rule, st, (*effects, "reject")), "reject"
+                return
+            if kind == "mangle":
+                key = v["key"]
+                if isinstance(key, dict) and "meta" in key and key["meta"]["key"] == "mark":
+                    val = self._value(v["value"], st)
+                    if isinstance(val, int):
+                        st = replace(st, mark=val & 0xFFFFFFFF)
+                        effects = (*effects, f"mark {st.mark:#x}")
+                        continue
+                st = _note(st, f"{self.label} {rule.chain}: '{rule.text}' sets something not "
+                               "modelled; assumed it changes nothing that matters")
+                continue
+            if kind == "masquerade":
+                flags = (v or {}).get("flags") or ()
+                flags = (flags,) if isinstance(flags, str) else tuple(flags)
+                snat = self.node.source_toward(st.dst)
+                st = replace(st, masquerade=True, random_fully="fully-random" in flags,
+                             snat=snat)
+                eff = f"masquerade to {snat or 'the node address toward ' + st.dst}"
+                yield self._done(rule, st, (*effects, eff)), "accept"
+                return
+            if kind == "snat":
+                addr = v.get("addr")
+                snat = addr if isinstance(addr, str) else None
+                st = replace(st, masquerade=True, snat=snat)
+                yield self._done(rule, st, (*effects, f"SNAT to {snat}")), "accept"
+                return
+            if kind == "dnat":
+                yield from self._dnat(rule, v, st, effects)
+                return
+            if kind == "set":
+                name = str(v.get("set", "")).lstrip("@")
+                if name.startswith("affinity-"):
+                    st = replace(st, sticky=True)
+                effects = (*effects, f"{v.get('op')} @{name} with {st.src}")
+                continue
+            if kind in ("counter", "log", "notrack"):
+                continue
+            if kind == "limit":
+                st = _note(st, f"{self.label} {rule.chain}: assumed under the limit: "
+                               f"{rule.text}")
+                continue
+            reason = (f"{self.label} {rule.chain}: cannot read the rule '{rule.text}'"
+                      if kind == "unparsed" else
+                      f"{self.label} {rule.chain}: statement '{kind}' is not modelled")
+            st = _undecide(st, f"{reason}; assumed no match")
+            yield self._done(rule, st, effects), None
+            return
+        yield self._done(rule, st, effects), None
+
+    def _done(self, rule: Rule, st: _State, effects: tuple[str, ...]) -> _State:
+        if not effects or not self.record_steps:
+            return st
+        step = Step(self.label, rule.chain, _rule_text(rule), "; ".join(effects))
+        return replace(st, steps=(*st.steps, step))
+
+    def _vmap(self, rule: Rule, v: dict, st: _State,
+              effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+        keys = self._keys(v["key"], st)
+        if isinstance(keys, _Undecided):
+            st = _undecide(st, f"{self.label} {rule.chain}: {keys}; assumed no match: "
+                               f"{rule.text}")
+            yield self._done(rule, st, effects), None
+            return
+        if keys is ABSENT:
+            yield self._done(rule, st, effects), None
+            return
+        groups: dict[str, tuple[float, Any, str]] = {}
+        miss = 0.0
+        for share, key in keys:
+            found = self._map_lookup(v["data"], key)
+            if isinstance(found, _Undecided):
+                st = _note(st, f"{self.label} {rule.chain}: {found}")
+                miss += share
+                continue
+            if found is None:
+                miss += share
+                continue
+            verdict, comment = found
+            text = _verdict_text(verdict)
+            p, _, _ = groups.get(text, (0.0, verdict, comment or ""))
+            groups[text] = (p + share, verdict, comment or "")
+        n = len(keys)
+        for text, (share, verdict, comment) in groups.items():
+            b = st if share == 1.0 else replace(st, probability=st.probability * share)
+            eff = text + (f" [{comment}]" if comment else "")
+            if n > 1:
+                eff += f" ({round(share * n)} of {n} numgen values)"
+            yield self._done(rule, b, (*effects, eff)), _verdict_action(verdict)
+        if miss > 0:
+            b = st if miss == 1.0 else replace(st, probability=st.probability * miss)
+            yield self._done(rule, b, effects), None
+
+    def _dnat(self, rule: Rule, v: dict, st: _State,
+              effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+        addr = v.get("addr")
+        if isinstance(addr, dict) and "map" in addr:
+            keys = self._keys(addr["map"]["key"], st)
+            if isinstance(keys, _Undecided) or keys is ABSENT:
+                st = _undecide(st, f"{self.label} {rule.chain}: cannot pick the DNAT target; "
+                                   f"assumed no match: {rule.text}")
+                yield self._done(rule, st, effects), None
+                return
+            targets: dict[tuple[str, int], float] = {}
+            miss = 0.0
+            for share, key in keys:
+                found = self._map_lookup(addr["map"]["data"], key)
+                if not isinstance(found, tuple):
+                    miss += share
+                    continue
+                data = found[0]
+                parts = tuple(data["concat"]) if isinstance(data, dict) and "concat" in data \
+                    else data if isinstance(data, tuple) else (data,)
+                ip = str(parts[0])
+                port = int(parts[1]) if len(parts) > 1 else int(v.get("port") or st.dport)
+                targets[(ip, port)] = targets.get((ip, port), 0.0) + share
+            for (ip, port), share in targets.items():
+                b = replace(st, probability=st.probability * share, dst=ip, dport=port,
+                            dnat=(ip, port))
+                eff = f"DNAT to {join_host_port(ip, port)}"
+                if len(keys) > 1:
+                    eff += f" ({round(share * len(keys))} of {len(keys)} numgen values)"
+                yield self._done(rule, b, (*effects, eff)), "accept"
+            if miss > 0:
+                yield replace(st, probability=st.probability * miss), "drop"
+            return
+        ip = str(addr) if addr is not None else st.dst
+        port = int(v["port"]) if v.get("port") is not None else st.dport
+        st = replace(st, dst=ip, dport=port, dnat=(ip, port))
+        yield self._done(rule, st, (*effects, f"DNAT to {join_host_port(ip, port)}")), "accept"
+
+    # -- matches and values -----------------------------------------------------------------
+
+    def _match(self, m: dict, st: _State) -> bool | _Undecided:
+        left = self._value(m["left"], st)
+        if isinstance(left, _Undecided):
+            return left
+        if left is ABSENT:
+            return False
+        if isinstance(left, list):
+            return _Undecided("a numgen value compared outside a map is not modelled")
+        op = m.get("op", "==")
+        right = m["right"]
+        if isinstance(right, str) and right.startswith("@"):
+            hit = self._set_has(right[1:], left)
+            if isinstance(hit, _Undecided):
+                return hit
+            return hit if op in ("==", "in") else not hit
+        if op == "in" or (isinstance(left, frozenset)):
+            have = left if isinstance(left, frozenset) else frozenset((left,))
+            want = frozenset(right if isinstance(right, list) else [right])
+            hit = bool(have & want)
+            return hit if op in ("==", "in") else not hit
+        if isinstance(right, dict) and "set" in right and isinstance(right["set"], str):
+            right = right["set"]
+            return self._match({"op": op, "left": m["left"], "right": right}, st)
+        if op in ("==", "!="):
+            hit = value_matches(left, right)
+            return hit if op == "==" else not hit
+        if isinstance(left, int) and isinstance(right, int):
+            return {"<": left < right, ">": left > right, "<=": left <= right,
+                    ">=": left >= right}.get(op, False)
+        return _Undecided(f"comparison {op} on {left!r} is not modelled")
+
+    def _set_has(self, name: str, value: Any) -> bool | _Undecided:
+        s = self.table.sets.get(name)
+        extra = self.affinity.get(name)
+        if extra and value in extra:
+            return True
+        if s is None:
+            return _Undecided(f"set @{name} is not in the dump")
+        return s.lookup(value) is not None
+
+    def _map_lookup(self, data: Any, key: Any) -> tuple[Any, str | None] | _Undecided | None:
+        """(data, element comment) for a key in a named or anonymous map, or None."""
+        if isinstance(data, str) and data.startswith("@"):
+            s = self.table.sets.get(data[1:])
+            if s is None:
+                return _Undecided(f"map {data} is not in the dump")
+            e = s.lookup(key)
+            return None if e is None else (e.value, e.comment)
+        if isinstance(data, dict) and "set" in data:
+            for item in data["set"]:
+                if isinstance(item, list) and len(item) == 2:
+                    k = item[0]
+                    comment = None
+                    if isinstance(k, dict) and "elem" in k:
+                        comment = k["elem"].get("comment")
+                        k = k["elem"].get("val")
+                    if value_matches(key, k):
+                        return item[1], comment
+            return None
+        return _Undecided("a map this walker cannot read")
+
+    def _keys(self, expr: Any, st: _State) -> list[tuple[float, Any]] | _Undecided | _Absent:
+        """The lookup key(s) with their odds: one certain key, or one per numgen value."""
+        if isinstance(expr, dict) and "numgen" in expr:
+            ng = expr["numgen"]
+            if ng.get("mode") != "random":
+                return _Undecided(f"numgen {ng.get('mode')} depends on packet counts")
+            n, off = int(ng["mod"]), int(ng.get("offset") or 0)
+            return [(1.0 / n, off + k) for k in range(n)]
+        v = self._value(expr, st)
+        if isinstance(v, (_Undecided, _Absent)):
+            return v
+        return [(1.0, v)]
+
+    def _value(self, e: Any, st: _State) -> Any:
+        if not isinstance(e, dict):
+            return e
+        (kind, v), = e.items()
+        pkt = self._packet
+        if kind == "payload":
+            proto, fld = v.get("protocol"), v.get("field")
+            if proto in ("ip", "ip6"):
+                fam = 4 if proto == "ip" else 6
+                if self._family != fam:
+                    return ABSENT
+                if fld == "saddr":
+                    return st.src
+                if fld == "daddr":
+                    return st.dst
+                if fld in ("protocol", "nexthdr"):
+                    return pkt.protocol
+            elif proto in ("tcp", "udp", "sctp", "th"):
+                if proto != "th" and proto != pkt.protocol:
+                    return ABSENT
+                if fld == "dport":
+                    return st.dport
+                if fld == "sport":
+                    return st.sport
+            return _Undecided(f"header field {proto} {fld} is not modelled")
+        if kind == "meta":
+            key = v.get("key")
+            if key == "l4proto":
+                return pkt.protocol
+            if key == "mark":
+                return st.mark
+            if key == "nfproto":
+                return "ipv4" if self._family == 4 else "ipv6"
+            return _Undecided(f"cannot tell meta {key} (e.g. interfaces) from the dump")
+        if kind == "ct":
+            key = v.get("key")
+            if key == "state":
+                return frozenset(("new",))
+            if key == "status":
+                flags = {"dnat"} if st.dnat else set()
+                if st.masquerade:
+                    flags.add("snat")
+                return frozenset(flags)
+            if key == "mark":
+                return 0
+            return _Undecided(f"ct {key} is not modelled")
+        if kind == "fib":
+            flags = v.get("flags") or []
+            flags = [flags] if isinstance(flags, str) else flags
+            if v.get("result") != "type" or len(flags) != 1:
+                return _Undecided(f"fib {' . '.join(flags)} {v.get('result')} is not modelled")
+            ip = st.src if flags[0] == "saddr" else st.dst
+            if flags[0] == "saddr" and pkt.from_host and ip == pkt.src_ip:
+                return "local"
+            local = self.is_local(ip)
+            if local is None:
+                return _Undecided(f"cannot tell whether {ip} is an address of this node")
+            return "local" if local else "unicast"
+        if kind == "concat":
+            parts = [self._value(x, st) for x in v]
+            for p in parts:
+                if isinstance(p, (_Undecided, _Absent)):
+                    return p
+            return tuple(parts)
+        if kind in ("&", "|", "^", "<<", ">>"):
+            a, b = self._value(v[0], st), self._value(v[1], st)
+            if not (isinstance(a, int) and isinstance(b, int)):
+                return a if isinstance(a, (_Undecided, _Absent)) else _Undecided(
+                    f"bitwise {kind} on {a!r}")
+            return {"&": a & b, "|": a | b, "^": a ^ b, "<<": a << b, ">>": a >> b}[kind]
+        if kind == "numgen":
+            return _Undecided("numgen outside a map is not modelled")
+        return e
+
+    def is_local(self, ip: str) -> bool | None:
+        local = self.node.is_local(ip)
+        if local is None and (ip in self.remote_ips or _in_any(ip, self.remote_cidrs)):
+            return False
+        return local
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _path(st: _State, verdict: str) -> Path:
+        if verdict == "accept":
+            verdict = "dnat" if st.dnat else "no-match"
+        return Path(st.probability, verdict, list(st.steps), st.dnat, st.masquerade,
+                    st.random_fully, st.sticky, list(st.notes), st.snat, list(st.undecided))
+
+
+def _undecide(st: _State, why: str) -> _State:
+    return replace(st, undecided=(*st.undecided, why))
+
+
+def _note(st: _State, note: str) -> _State:
+    return st if note in st.notes else replace(st, notes=(*st.notes, note))
+
+
+def _in_any(ip: str, cidrs: tuple[str, ...]) -> bool:
+    addr = ipaddress.ip_address(ip)
+    for c in cidrs:
+        net = ipaddress.ip_network(c, strict=False)
+        if net.version == addr.version and addr in net:
+            return True
+    return False
+
+
+def _rule_text(rule: Rule) -> str:
+    return rule.text + (f" # handle {rule.handle}" if rule.handle is not None else "")
+
+
+def _verdict_text(verdict: Any) -> str:
+    if isinstance(verdict, dict):
+        (kind, v), = verdict.items()
+        if kind in ("jump", "goto"):
+            return f"{kind} {v['target']}"
+        return kind
+    return str(verdict)
+
+
+def _verdict_action(verdict: Any) -> _Action:
+    if isinstance(verdict, dict):
+        (kind, v), = verdict.items()
+        if kind in ("jump", "goto"):
+            return (kind, v["target"])
+        return kind
+    return str(verdict)

@@ -1,0 +1,363 @@
+"""A small fake Kubernetes API server for tests: real HTTP on 127.0.0.1, the API's JSON.
+
+It serves GET/LIST of services, endpointslices, pods, nodes, configmaps and daemonsets,
+POST/DELETE of pods, pod status transitions, pods/<name>/log, and Status objects for 403
+and 404, so the real client, kubeconfig loading and error handling run over a socket.
+
+    with FakeCluster() as fc:                   # listens on 127.0.0.1:<ephemeral>
+        fc.add(service(...)); fc.add(pod(...))  # any object dicts (kind and metadata set)
+        fc.forbid("create", "pods", "kube-system")
+        fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail"
+        fc.log_for = lambda pod: "..."          # the created pod's log
+        fc.write_kubeconfig(tmp_path / "kubeconfig")
+        fc.requests                             # [(method, path, query), ...]
+        fc.api_requests()                       # the same without pod status polling
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+PLURALS = {"services": "Service", "pods": "Pod", "nodes": "Node", "configmaps": "ConfigMap",
+           "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet"}
+API_VERSIONS = {"EndpointSlice": "discovery.k8s.io/v1", "DaemonSet": "apps/v1"}
+
+
+def status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+def matches(labels: dict, selector: str | None) -> bool:
+    """Equality selectors (`a=b,c!=d`) and set selectors (`k in (a,b)`)."""
+    if not selector:
+        return True
+    parts, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for p in (x.strip() for x in parts if x.strip()):
+        if " in " in p:
+            k, _, vals = p.partition(" in ")
+            if labels.get(k.strip()) not in [v.strip() for v in vals.strip("() ").split(",")]:
+                return False
+        elif "!=" in p:
+            k, _, v = p.partition("!=")
+            if labels.get(k) == v:
+                return False
+        else:
+            k, _, v = p.partition("=")
+            if labels.get(k.rstrip("=")) != v.lstrip("="):
+                return False
+    return True
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (plural, ns, name) -> object
+        self.requests: list[tuple[str, str, dict]] = []
+        self.forbidden: set[tuple[str, str, str]] = set()
+        self.debug_pod = "succeed"
+        self.log_for: Callable[[dict], str] = lambda pod: ""
+        self.polls_until_done = 2
+        self.created: list[dict] = []
+        self.deleted: list[str] = []
+        self._polls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    # -- setup ------------------------------------------------------------------------
+    def add(self, obj: dict) -> dict:
+        plural = next(p for p, k in PLURALS.items() if k == obj["kind"])
+        md = obj["metadata"]
+        self.objects[(plural, md.get("namespace", ""), md["name"])] = obj
+        return obj
+
+    def forbid(self, verb: str, plural: str, namespace: str = "") -> None:
+        self.forbidden.add((verb, plural, namespace))
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def write_kubeconfig(self, path: Path, namespace: str | None = None,
+                         context: str = "fake") -> Path:
+        ctx: dict = {"cluster": "fake", "user": "fake"}
+        if namespace:
+            ctx["namespace"] = namespace
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "t0ken"}}],
+            "contexts": [{"name": context, "context": ctx}]}))
+        return path
+
+    def api_requests(self) -> list[tuple[str, str]]:
+        """Requests beside polling the debug pod's status."""
+        return [(m, p) for m, p, q in self.requests
+                if not (m == "GET" and "/pods/clusterip-debug-" in p and not p.endswith("/log"))]
+
+    def pods_left(self) -> list[str]:
+        return [n for (p, _ns, n) in self.objects if p == "pods" and n.startswith("clusterip-")]
+
+    # -- server -----------------------------------------------------------------------
+    def __enter__(self) -> FakeCluster:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, code: int, body: object, ctype: str = "application/json") -> None:
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                u = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(u.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null") if length else None
+                with fake._lock:
+                    fake.requests.append((method, u.path, query))
+                code, out = fake.route(method, u.path, query, body)
+                if isinstance(out, str):
+                    self._send(code, out, "text/plain")
+                else:
+                    self._send(code, out)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- the API ----------------------------------------------------------------------
+    def route(self, method: str, path: str, query: dict, body: dict | None
+              ) -> tuple[int, dict | str]:
+        parts = [p for p in path.split("/") if p]
+        # /api/v1/... or /apis/<group>/<version>/...
+        rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+        ns = ""
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        if not rest or rest[0] not in PLURALS:
+            return 404, status(404, "NotFound", f"the server could not find {path}")
+        plural, name, sub = rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
+        if sub not in (None, "log"):  # exec, portforward: websockets are not spoken here
+            return 400, status(400, "BadRequest", f"{sub}: upgrade request required")
+        verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete"}[method]
+        if sub == "log":
+            verb = "get"
+        resource = f"{plural}/log" if sub == "log" else plural
+        if (verb, resource, ns) in self.forbidden or (verb, resource, "") in self.forbidden:
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            return 403, status(403, "Forbidden", f'{resource} is forbidden: User "fake" cannot '
+                               f'{verb} resource "{resource}" in API group ""{where}')
+        with self._lock:
+            if method == "POST":
+                return self._create(plural, ns, body or {})
+            if method == "DELETE":
+                obj = self.objects.pop((plural, ns, name or ""), None)
+                if obj is None:
+                    return 404, status(404, "NotFound", f'{plural} "{name}" not found')
+                self.deleted.append(f"{ns}/{name}")
+                return 200, obj
+            if name is None:
+                items = [o for (p, n, _), o in sorted(self.objects.items())
+                         if p == plural and (not ns or n == ns)
+                         and matches(o["metadata"].get("labels") or {},
+                                     query.get("labelSelector"))]
+                items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
+                         for o in items]
+                return 200, {"apiVersion": API_VERSIONS.get(PLURALS[plural], "v1"),
+                             "kind": PLURALS[plural] + "List",
+                             "metadata": {"resourceVersion": "1"}, "items": items}
+            obj = self.objects.get((plural, ns, name))
+            if obj is None:
+                return 404, status(404, "NotFound", f'{plural} "{name}" not found')
+            if sub == "log":
+                return 200, self.log_for(obj)
+            if plural == "pods" and name.startswith("clusterip-debug-"):
+                self._advance(obj)
+            return 200, obj
+
+    def _create(self, plural: str, ns: str, body: dict) -> tuple[int, dict]:
+        md = body.setdefault("metadata", {})
+        md.setdefault("namespace", ns)
+        md.setdefault("uid", f"uid-{len(self.created)}")
+        body["status"] = {"phase": "Pending"}
+        self.objects[(plural, ns, md["name"])] = body
+        self.created.append(body)
+        return 201, body
+
+    def _advance(self, pod: dict) -> None:
+        """The pod's life as the kubelet would show it, one step per status poll."""
+        n = self._polls[pod["metadata"]["name"]] = self._polls.get(pod["metadata"]["name"], 0) + 1
+        image = pod["spec"]["containers"][0]["image"]
+        waiting = {"pending": {"reason": "ContainerCreating"},
+                   "imagepull": {"reason": "ErrImagePull" if n < 3 else "ImagePullBackOff",
+                                 "message": f'Back-off pulling image "{image}"'}}
+        if self.debug_pod in waiting:
+            pod["status"] = {"phase": "Pending", "containerStatuses": [
+                {"name": "debug", "ready": False, "image": image,
+                 "state": {"waiting": waiting[self.debug_pod]}}]}
+        elif n < self.polls_until_done:
+            pod["status"] = {"phase": "Running", "containerStatuses": [
+                {"name": "debug", "ready": True, "image": image,
+                 "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]}
+        else:
+            code = 1 if self.debug_pod == "fail" else 0
+            pod["status"] = {"phase": "Failed" if code else "Succeeded", "containerStatuses": [
+                {"name": "debug", "ready": False, "image": image,
+                 "state": {"terminated": {"exitCode": code,
+                                          "reason": "Error" if code else "Completed"}}}]}
+
+
+# -- object builders --------------------------------------------------------------------
+def service(name: str, ns: str, cluster_ip: str, ports: list[dict],
+            selector: dict | None = None, **spec: object) -> dict:
+    s: dict = {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+               "ports": ports, "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+               "ipFamilies": ["IPv4"], **spec}
+    if selector is not None:
+        s["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"}, "spec": s}
+
+
+def endpoint_slice(service_name: str, ns: str, ports: list[dict],
+                   endpoints: list[tuple[str, str, str]]) -> dict:
+    """endpoints: (ip, node, pod name)."""
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-abcde", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": ports,
+            "endpoints": [{"addresses": [ip], "nodeName": node,
+                           "conditions": {"ready": True, "serving": True, "terminating": False},
+                           "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
+                          for ip, node, pod in endpoints]}
+
+
+def pod(name: str, ns: str, ip: str, node: str, labels: dict | None = None,
+        ready: bool = True, **spec: object) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "app"}],
+                     "dnsPolicy": "ClusterFirst", **spec},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready",
+                                       "status": "True" if ready else "False"}]}}
+
+
+def node(name: str, ip: str, control_plane: bool = False) -> dict:
+    labels = {"kubernetes.io/hostname": name}
+    if control_plane:
+        labels["node-role.kubernetes.io/control-plane"] = ""
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "spec": {"podCIDR": "10.244.0.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                     {"type": "Hostname", "address": name}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def section_log(files: dict[str, str], errors: dict[str, str] | None = None) -> str:
+    """A debug pod's log as the dump script prints it (see debugpod.SCRIPT)."""
+    m = "==== kubectl-clusterip"
+    out = []
+    for name, text in files.items():
+        out += [f"{m} BEGIN {name} ====", text, f"{m} END {name} rc=0 ===="]
+    for name, err in (errors or {}).items():
+        out += [f"{m} BEGIN {name} ====", "", f"{m} END {name} rc=1 ====",
+                f"{m} STDERR {name} ====", err, f"{m} END-STDERR {name} ===="]
+    return "\n".join([*out, f"{m} DONE ====", ""])
+
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+def free_port(kind: int) -> int:
+    import socket
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:<random port>, answering only what it is given, in foreground."""
+
+    def __init__(self, args: list[str]) -> None:
+        import subprocess
+        import time
+        for _ in range(5):  # the port is free when chosen; retry if another took it since
+            self.port = free_port(2)  # SOCK_DGRAM
+            self.proc = subprocess.Popen(
+                [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                 "--log-facility=-", "--listen-address=127.0.0.1",
+                 "--bind-interfaces", f"--port={self.port}", "--user=root", "--pid-file=",
+                 "--conf-file=/dev/null", *args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._answers():
+                    return
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError("dnsmasq did not start")
+
+    def _answers(self) -> bool:
+        import dns.message
+        import dns.query
+        try:
+            dns.query.udp(dns.message.make_query("probe.invalid.", "A"), "127.0.0.1",
+                          port=self.port, timeout=0.2)
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(3)
+
+    def __enter__(self) -> Dnsmasq:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
