@@ -105,8 +105,9 @@ def rules_source_options(f):
     f = click.option("--snapshot", "snapshot_dir", metavar="DIR",
                      help="A snapshot directory (see `capture`) instead of a live cluster.")(f)
     f = click.option("--rules-file", "rules_files", multiple=True, metavar="DUMP",
-                     help="A node's iptables-save / ip6tables-save output (repeatable; "
-                          "- is stdin).")(f)
+                     help="A node's rule dump: iptables-save, ip6tables-save, nft [-j] list "
+                          "ruleset, ipvsadm-save -n or ipset save output; the format is read "
+                          "from the content (repeatable; - is stdin).")(f)
     return f
 
 
@@ -122,10 +123,26 @@ def main() -> None:
     \b
     Follow one request from the ClusterIP through kube-proxy's rules to the endpoint
     that answers, and back through conntrack; say which step is broken and why.
+
+    \b
+    Examples:
+      kubectl clusterip trace my-service                     # live cluster
+      kubectl clusterip trace default/my-service --snapshot examples/kind-my-service
+      kubectl clusterip rules --node kind-worker
+      kubectl clusterip capture my-service -o ./support-bundle
+
+    \b
+    Exit codes: 0 healthy, 1 a step is broken (an error-level finding),
+    2 could not trace (bad usage or input, missing service, API or debug pod failure).
     """
 
 
-@main.command()
+def entry_point() -> None:
+    """The console script: usage lines name the command as kubectl users type it."""
+    main(prog_name="kubectl clusterip")
+
+
+@main.command(short_help="Save what a trace of a Service needs, for offline replay.")
 @click.argument("service")
 @click.option("-o", "--output-dir", "directory", required=True, metavar="DIR",
               help="Write the snapshot into this directory.")
@@ -155,7 +172,7 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
                f"{snap.meta.get('clientNode')}", err=True)
 
 
-@main.command()
+@main.command(short_help="Trace one request to a Service, step by step.")
 @click.argument("target", required=False)
 @rules_source_options
 @click.option("--to", "to", metavar="IP:PORT", help="Trace a request to this address.")
@@ -211,7 +228,7 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
         sys.exit(EXIT_BROKEN)
 
 
-@main.command()
+@main.command(short_help="Show the service ports kube-proxy programs on a node.")
 @click.argument("target", required=False)
 @rules_source_options
 @click.option("-n", "--namespace", help="Only services in this namespace.")

@@ -515,7 +515,7 @@ def click_command() -> Any:
     """The `completion` command (click is imported here, not on the TAB path)."""
     import click
 
-    @click.command("completion")
+    @click.command("completion", short_help="Install the tab-completion hook for kubectl.")
     @click.option("--dir", "directory", metavar="DIR", type=click.Path(file_okay=False),
                   help="Install the hook here (default: beside kubectl-clusterip).")
     @click.option("--print", "print_only", is_flag=True,

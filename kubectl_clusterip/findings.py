@@ -37,6 +37,9 @@ CODES: dict[str, tuple[str, str]] = {
     "TopologyFiltered": ("info", "dnat"),
     "TopologyHintsIgnored": ("warning", "dnat"),
     "StaleConntrack": ("error", "dnat"),
+    # IPVS mode (ipvs/dataplane.py)
+    "IpvsSchedulerState": ("info", "dnat"),
+    "IpvsDrainingRealServer": ("info", "dnat"),
 }
 
 

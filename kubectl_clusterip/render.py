@@ -7,8 +7,9 @@ import json
 import yaml
 from tabulate import tabulate
 
-from kubectl_clusterip.findings import STEPS, ordered, summary
+from kubectl_clusterip.findings import STEPS, has_errors, ordered, summary
 from kubectl_clusterip.model import Candidate, Finding, Node, ServicePort, Trace
+from kubectl_clusterip.style import style
 
 
 def dump(data: object, fmt: str) -> str:
@@ -69,7 +70,7 @@ def _finding_lines(found: list[Finding], indent: int = 15) -> list[str]:
     pad = " " * indent
     out = []
     for f in found:
-        out.append(f"{pad}{f.severity.upper()} {f.code}: {f.message}")
+        out.append(f"{pad}{style(f.severity.upper(), f.severity)} {f.code}: {f.message}")
         if f.evidence:
             out.append(f"{pad}  evidence: {f.evidence}")
         if f.hint:
@@ -122,6 +123,7 @@ def trace_report(t: Trace, node: Node) -> str:
         lines.append("6. Reply      conntrack reverses the NAT for every reply packet:")
         for c, r in zip(t.candidates, t.reverse):
             lines.append(f"               {r['conntrack']}")
+            lines.append(f"                 {style(r['explanation'], 'dim')}")
             if c.masquerade:
                 why = c.extra.get("masqueradeRule", "")
                 lines.append(f"                 masqueraded by: {why}" if why else
@@ -130,7 +132,7 @@ def trace_report(t: Trace, node: Node) -> str:
     else:
         word = {"reject": "REJECTED", "drop": "DROPPED", "no-match": "NOT NATed"}.get(
             t.verdict, t.verdict)
-        lines.append(f"4. DNAT       {word}: no endpoint is chosen")
+        lines.append(f"4. DNAT       {style(word, 'error')}: no endpoint is chosen")
         lines += _finding_lines(by_step.get("dnat", []))
         lines.append("5. Forwarding -")
         lines += _finding_lines(by_step.get("forward", []))
@@ -142,7 +144,7 @@ def trace_report(t: Trace, node: Node) -> str:
         lines += ["", "Other findings:", *_finding_lines(by_step[""], 2)]
     if t.notes:
         lines += ["", "Assumptions:"] + [f"  - {n}" for n in t.notes]
-    lines += ["", summary(t)]
+    lines += ["", style(summary(t), "error" if has_errors(t.findings) else "ok")]
     return "\n".join(lines)
 
 
@@ -152,7 +154,7 @@ def services_table(ports: list[ServicePort], wide: bool = False) -> str:
         eps = ", ".join(f"{_hp(ip, port)} ({percent(pr)})" for ip, port, pr in sp.endpoints)
         row = [sp.namespace, sp.service, sp.port_name or "<unset>",
                f"{_hp(sp.cluster_ip or '-', sp.port or 0)}/{sp.protocol.upper()}",
-               eps or "<none>", sp.status]
+               eps or "<none>", style(sp.status, "ok" if sp.status == "ok" else "error")]
         if wide:
             row += [sp.chain or "-", sp.affinity_seconds or "-"]
         rows.append(row)

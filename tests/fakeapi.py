@@ -26,7 +26,8 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 PLURALS = {"services": "Service", "pods": "Pod", "nodes": "Node", "configmaps": "ConfigMap",
-           "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet"}
+           "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet",
+           "namespaces": "Namespace"}
 API_VERSIONS = {"EndpointSlice": "discovery.k8s.io/v1", "DaemonSet": "apps/v1"}
 
 

@@ -112,8 +112,6 @@ def test_errors_are_quiet_and_well_formed(capsys: pytest.CaptureFixture[str],
 # -- the real kubectl, the installed hook, a fake API server ------------------------------------
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    saved = dict(fakeapi.PLURALS)
-    fakeapi.PLURALS["namespaces"] = "Namespace"  # the fake serves any plural it knows
     with fakeapi.FakeCluster() as fc:
         for ns in ("default", "kube-system"):
             fc.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -127,8 +125,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         fc.add(fakeapi.node("kind-control-plane", "172.18.0.2", control_plane=True))
         fc.kubeconfig = fc.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
         yield fc
-    fakeapi.PLURALS.clear()
-    fakeapi.PLURALS.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -38,17 +38,6 @@ from kubectl_clusterip.model import (
 )
 from kubectl_clusterip.trace import assemble
 
-# Finding codes this mode adds (severity, step); not in findings.CODES yet — see report.
-IPVS_CODES: dict[str, tuple[str, str]] = {
-    "IpvsSchedulerState": ("info", "dnat"),
-    "IpvsDrainingRealServer": ("info", "dnat"),
-}
-
-
-def _finding(code: str, message: str, evidence: str = "", hint: str = "") -> Finding:
-    severity, step = IPVS_CODES[code]
-    return Finding(severity, code, message, evidence, step, hint)
-
 
 def cluster_ip_set(family: int) -> str:
     """kube-proxy names the IPv6 copies KUBE-6-… (ipvs/ipset.go `NewIPSet`)."""
@@ -149,14 +138,14 @@ class IpvsDataplane:
                 found.append(f)
         if picks and not exact:
             possible = ", ".join(rs.endpoint for rs, _ in picks)
-            found.append(_finding(
+            found.append(finding(
                 "IpvsSchedulerState", f"{vs.key} uses {describe_scheduler(vs.scheduler)}: which "
                 f"real server gets this connection depends on live kernel state; possible: "
                 f"{possible} (shares shown are nominal, by weight)", vs.line,
                 "`ipvsadm -Ln` shows the connection counts; `ipvsadm -Lnc` the connections"))
         draining = [rs for rs in vs.real_servers if rs.weight <= 0]
         if draining and picks:
-            found.append(_finding(
+            found.append(finding(
                 "IpvsDrainingRealServer", f"{', '.join(rs.endpoint for rs in draining)} "
                 f"{'has' if len(draining) == 1 else 'have'} weight 0 in {vs.key}: terminating "
                 "endpoint(s) kept until their connections drain; no new connections go there",

@@ -87,6 +87,7 @@ class NftablesDataplane:
         name = service_from_step(step) if step else None
         trace = assemble(packet, self.mode, paths, name, step)
         _explain_no_endpoints(trace, step, paths)
+        _masquerade_evidence(trace)
         return trace
 
     def service_ips(self) -> frozenset[str]:
@@ -238,6 +239,38 @@ def _explain_no_endpoints(trace: Trace, step: Step | None, paths: list[Path]) ->
     else:
         return
     trace.findings = [new] + [f for f in trace.findings if f.code != "DroppedByRule"]
+
+
+def masquerade_step(steps: list[Step]) -> Step | None:
+    """The rule that decided to masquerade this path.
+
+    The jump into the marking chain when there is one; the rule itself when it marks inline
+    (v1.36 marks in `services`, after an unrelated `jump services`); the masquerade rule
+    when nothing marked (v1.36's hairpin set).
+    """
+    for i, st in enumerate(steps):
+        if st.effect.startswith("mark ") and "0x4000" in st.effect:
+            prev = steps[i - 1] if i else None
+            unconditional = st.rule.startswith(("meta mark set", "mark set"))
+            if unconditional and prev is not None and prev.effect in (f"jump {st.chain}",
+                                                                       f"goto {st.chain}"):
+                return prev
+            return st
+    return next((st for st in steps if "masquerade" in st.effect), None)
+
+
+def _masquerade_evidence(trace: Trace) -> None:
+    for c in trace.candidates:
+        if not c.masquerade:
+            continue
+        old = c.extra.get("masqueradeRule")
+        step = masquerade_step(c.steps)
+        if step is None or step.rule == old:
+            continue
+        c.extra["masqueradeRule"] = step.rule
+        for f in trace.findings:
+            if f.code == "Hairpin" and f.evidence == (old or ""):
+                f.evidence = step.rule
 
 
 def _masquerade_exemption(expr: list) -> str | None:
