@@ -212,7 +212,7 @@ def _localhost_nodeports(config: ProxyConfig, family: int, node: NodeFacts) -> b
     return match_all or any(ipaddress.ip_address("127.0.0.1") in n for n in nets)
 
 
-def build(
+def expected_chains(
     services: list[dict],
     slices: list[dict],
     node: dict | str | None,
@@ -222,7 +222,8 @@ def build(
     nfacct: bool = False,
     prefer_same_node_gate: bool = True,
 ) -> ExpectedRuleset:
-    """Compute kube-proxy's chains and rules for one node and IP family."""
+    """kube-proxy's chains and rules for one node and IP family, per service port: the
+    expectation drift findings compare a node's dump with."""
     nodef = NodeFacts.from_node(node)
     mark = config.masquerade_mark
     not_local, local = config.local_detector(family, nodef.pod_cidrs)
@@ -478,18 +479,5 @@ def expected_rules(
     (the counters must exist before such text loads); `random_fully` mirrors whether the
     node's iptables supports --random-fully.
     """
-    return render(build(services, slices, node, config, family, random_fully, nfacct,
-                        prefer_same_node_gate), include_jumps)
-
-
-def expected_chains(
-    services: list[dict],
-    slices: list[dict],
-    node: dict | str | None,
-    config: ProxyConfig,
-    family: int = 4,
-    prefer_same_node_gate: bool = True,
-) -> ExpectedRuleset:
-    """Chain names per table and the per-service-port endpoints, for drift findings."""
-    return build(services, slices, node, config, family,
-                 prefer_same_node_gate=prefer_same_node_gate)
+    return render(expected_chains(services, slices, node, config, family, random_fully, nfacct,
+                                  prefer_same_node_gate), include_jumps)
