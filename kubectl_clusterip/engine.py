@@ -111,7 +111,7 @@ def resolve(snap: Snapshot, dps: list[Dataplane], req: Request) -> list[Target]:
         return _resolve_from_api(snap, dps, ns, name, port_sel, req.protocol)
     out = []
     for dp in dps:
-        for sp in select_ports(dp.services(), ns, name, port_sel):
+        for sp in select_ports(dp.services(f"{ns}/{name}"), ns, name, port_sel):
             if (req.protocol is None or sp.protocol == req.protocol) and sp.cluster_ip and sp.port:
                 out.append(Target(dp, sp.cluster_ip, sp.port, sp.protocol, sp.name))
     if not out:
@@ -194,8 +194,6 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
         fam = ipaddress.ip_address(req.source_ip).version
         targets = [t for t in targets if t.dataplane.family == fam] or targets
     for t in targets:
-        avoid = {e[0] for sp in t.dataplane.services() if sp.cluster_ip == t.ip
-                 for e in sp.endpoints}
         client = (snap.meta.get("client") or {}).get("ip")
         if req.source_ip:
             src, why = req.source_ip, ""
@@ -206,9 +204,16 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
                 ipaddress.ip_address(client).version == t.dataplane.family:
             src, why = client, f"the client pod {snap.meta['client'].get('pod') or ''}".rstrip()
         else:
-            src, why = default_source(t.dataplane, avoid, ctx, req.from_host)
+            src, why = default_source(t.dataplane, set(), ctx, req.from_host)
         packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
         trace = t.dataplane.trace(packet, ctx)
+        endpoints = {c.ip for c in trace.candidates}
+        if why and src in endpoints and not req.from_host:
+            # The assumed client happens to be an endpoint: pick one that is not, rather than
+            # report a hairpin nobody asked about.
+            src, why = default_source(t.dataplane, endpoints, ctx, req.from_host)
+            packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
+            trace = t.dataplane.trace(packet, ctx)
         if trace.service is None and t.service:
             trace.service = t.service
         if why:

@@ -218,6 +218,12 @@ class ServicePort:
         }
 
 
+def select_service(ports: list[ServicePort], service: str) -> list[ServicePort]:
+    """The ports of one `namespace/name`."""
+    ns, _, name = service.partition("/")
+    return [sp for sp in ports if sp.namespace == ns and sp.service == name]
+
+
 def select_ports(ports: list[ServicePort], namespace: str, name: str,
                  port: str | None = None) -> list[ServicePort]:
     """The ports of one service, optionally one port by name or number."""

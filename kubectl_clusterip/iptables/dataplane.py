@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 from kubectl_clusterip.iptables.parse import Rule, Ruleset, parse_iptables_save, parse_rule
 from kubectl_clusterip.iptables.walk import Walker
-from kubectl_clusterip.model import Node, Packet, Path, ServicePort, Step, Trace
+from kubectl_clusterip.model import (
+    Node,
+    Packet,
+    Path,
+    ServicePort,
+    Step,
+    Trace,
+    select_service,
+)
 from kubectl_clusterip.trace import assemble
 
 # Comment suffixes kube-proxy puts on the rules that capture a service's traffic.
@@ -98,22 +106,25 @@ class IptablesDataplane:
 
     # -- the services view ------------------------------------------------------------------
 
-    def services(self) -> list[ServicePort]:
+    def services(self, service: str | None = None) -> list[ServicePort]:
+        """Every service port (or those of one `namespace/name`) with its endpoints' odds."""
+        if service is not None:
+            return select_service(self._read_services(service), service)
         if self._services is None:
             self._services = self._read_services()
         return self._services
 
-    def _read_services(self) -> list[ServicePort]:
+    def _read_services(self, service: str | None = None) -> list[ServicePort]:
         found: dict[tuple[str, str, str, int], ServicePort] = {}
-        for r in self.ruleset.rules("nat", "KUBE-SERVICES"):
+        for r in self._kube_services("nat", service):
             comment = r.comment or ""
             if not comment.endswith(" cluster IP") or r.target == "KUBE-MARK-MASQ":
                 continue
             sp = self._capture(r, service_name_from_comment(comment))
             if sp is not None:
                 found[(sp.name, sp.protocol, sp.cluster_ip or "", sp.port or 0)] = sp
-        filt = self.ruleset.rules("filter", "KUBE-SERVICES")
-        for r in filt:
+            self.ruleset.forget("nat", ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-"))
+        for r in self._kube_services("filter", service):
             comment = r.comment or ""
             if not comment.endswith("endpoints") or r.target not in ("REJECT", "DROP"):
                 continue
@@ -129,6 +140,16 @@ class IptablesDataplane:
                 found[key] = ServicePort(name, p.value, _host(d.value), dport, [], status,
                                          family=self.family)
         return sorted(found.values(), key=lambda s: (s.name, s.protocol, s.port or 0))
+
+    def _kube_services(self, table: str, service: str | None) -> list[Rule]:
+        """KUBE-SERVICES rules, only those whose comment can name `service` when one is asked."""
+        t = self.ruleset.table(table)
+        if t is None:
+            return []
+        lines = t.lines.get("KUBE-SERVICES", [])
+        quoted = f'"{service}'
+        return [t.rule("KUBE-SERVICES", i) for i, line in enumerate(lines)
+                if service is None or quoted in line]
 
     def _capture(self, r: Rule, name: str) -> ServicePort | None:
         d, p, dport = r.option("", "-d"), r.option("", "-p"), _dport(r)

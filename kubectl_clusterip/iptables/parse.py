@@ -231,6 +231,14 @@ class Ruleset:
         t = self.tables.get(table)
         return list(t.policies) if t else []
 
+    def forget(self, table: str, prefixes: tuple[str, ...]) -> None:
+        """Drop parsed rules of chains with these prefixes: a full read of a 50,000-endpoint
+        node then holds one service's rules at a time, not all of them."""
+        t = self.tables.get(table)
+        if t is not None:
+            for chain in [c for c in t._parsed if c.startswith(prefixes)]:
+                del t._parsed[chain]
+
     def rule_count(self) -> int:
         return sum(len(v) for t in self.tables.values() for v in t.lines.values())
 
@@ -251,7 +259,11 @@ def parse_iptables_save(text: str, source: str = "", family: int | None = None) 
     current: Table | None = None
     backend = None
     saw_family = family
+    prefix, bucket = "\0", []  # the chain of the previous rule: iptables-save groups by chain
     for lineno, raw in enumerate(text.splitlines(), 1):
+        if raw.startswith(prefix):
+            bucket.append(raw)
+            continue
         line = raw.strip()
         if not line:
             continue
@@ -264,7 +276,9 @@ def parse_iptables_save(text: str, source: str = "", family: int | None = None) 
             parts = line.split(" ", 2)
             if parts[0] != "-A" or len(parts) < 2:
                 raise ClusterIPError(f"{where}:{lineno}: unreadable line {raw[:60]!r}")
-            current.lines.setdefault(parts[1], []).append(line)
+            bucket = current.lines.setdefault(parts[1], [])
+            bucket.append(line)
+            prefix = f"-A {parts[1]} " if line == raw else "\0"
             if saw_family is None and (" -s " in line or " -d " in line):
                 addr = line.split(" -d " if " -d " in line else " -s ", 1)[1].split(" ", 1)[0]
                 saw_family = 6 if ":" in addr else 4
@@ -277,10 +291,11 @@ def parse_iptables_save(text: str, source: str = "", family: int | None = None) 
                 raise ClusterIPError(f"{where}:{lineno}: chain outside a *table section")
             current_table.policies[parts[0]] = parts[1] if len(parts) > 1 else "-"
         elif c == "*":
+            prefix = "\0"
             current = Table(line[1:].strip())
             tables[current.name] = current
         elif line == "COMMIT":
-            current = None
+            current, prefix = None, "\0"
         elif c == "#":
             m = _HEADER.match(line)
             if m:

@@ -35,6 +35,7 @@ from kubectl_clusterip.model import (
     ServicePort,
     Trace,
     join_host_port,
+    select_service,
 )
 from kubectl_clusterip.trace import assemble
 
@@ -164,10 +165,11 @@ class IpvsDataplane:
                 return comment
         return unnamed_port(vs.ip, vs.port)
 
-    def services(self) -> list[ServicePort]:
+    def services(self, service: str | None = None) -> list[ServicePort]:
+        """Every ClusterIP service port (or those of one `namespace/name`)."""
         if self._services is None:
             self._services = self._read_services()
-        return self._services
+        return self._services if service is None else select_service(self._services, service)
 
     def _read_services(self) -> list[ServicePort]:
         cluster = self.ipsets.get(cluster_ip_set(self.fam))

@@ -11,7 +11,16 @@ import re
 from dataclasses import dataclass, field
 
 from kubectl_clusterip.findings import finding
-from kubectl_clusterip.model import ClusterIPError, Node, Packet, Path, ServicePort, Step, Trace
+from kubectl_clusterip.model import (
+    ClusterIPError,
+    Node,
+    Packet,
+    Path,
+    ServicePort,
+    Step,
+    Trace,
+    select_service,
+)
 from kubectl_clusterip.nftables.parse import Ruleset, Table, parse_ruleset
 from kubectl_clusterip.nftables.walk import Walker
 from kubectl_clusterip.trace import assemble
@@ -117,12 +126,15 @@ class NftablesDataplane:
 
     # -- the services view ------------------------------------------------------------------
 
-    def services(self) -> list[ServicePort]:
+    def services(self, service: str | None = None) -> list[ServicePort]:
+        """Every service port (or those of one `namespace/name`) with its endpoints' odds."""
+        if service is not None:
+            return select_service(self._read_services(service), service)
         if self._services is None:
             self._services = self._read_services()
         return self._services
 
-    def _read_services(self) -> list[ServicePort]:
+    def _read_services(self, service: str | None = None) -> list[ServicePort]:
         t = self.table
         if t is None:
             return []
@@ -140,6 +152,8 @@ class NftablesDataplane:
             ip, proto, port = str(key[0]), str(key[1]), int(key[2])
             parsed = svc_port_name_from_chain(target)
             name = parsed[0] if parsed else target
+            if service is not None and not name.startswith(service):
+                continue
             sp = self._dispatch(walker, target, name, ip, proto, port)
             found[(name, proto, ip, port)] = sp
             for chain in (target, *walker.entered):  # keep memory flat over 50,000 chains
