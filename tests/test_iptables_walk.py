@@ -233,3 +233,12 @@ def test_old_kube_proxy_shapes():
     assert not dp.trace(Packet("10.244.1.9", "10.96.0.10", 53, "udp"), NODE).masquerade
     assert dp.cluster_cidrs() == ["10.244.0.0/16"]
     assert [sp.name for sp in dp.services()] == ["default/nginx", "kube-system/kube-dns:dns"]
+
+
+def test_walk_budget_is_bounded(monkeypatch):
+    from kubectl_clusterip.iptables import walk
+
+    monkeypatch.setattr(walk, "MAX_RULES_PER_WALK", 5)
+    dp = _dump("-A PREROUTING -p udp -j ACCEPT\n" * 10)
+    t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+    assert any("stopped after 5 rules" in n for n in t.notes)

@@ -9,12 +9,11 @@ assumed not to match, and the assumption is returned as a note.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
+from kubectl_clusterip.branch import Branch, canonical, in_cidr
 from kubectl_clusterip.iptables.parse import BUILTIN_CHAINS, Match, Option, Rule, Ruleset
 from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
 
@@ -23,49 +22,10 @@ MAX_DEPTH = 64
 _PROTO_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132", "icmp": "1", "ipv6-icmp": "58"}
 
 
-@lru_cache(maxsize=65536)
-def _net(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(cidr, strict=False)
-
-
-@lru_cache(maxsize=65536)
-def _addr(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(ip)
-
-
-def _in(ip: str, cidr: str) -> bool:
-    """ip (canonical text) inside cidr; host routes compare as text, the common case."""
-    host, _, bits = cidr.partition("/")
-    if bits in ("32", "128", ""):
-        return host == ip
-    net = _net(cidr)
-    addr = _addr(ip)
-    return addr.version == net.version and addr in net
-
-
-class _State(NamedTuple):
-    """The packet as one branch of the walk sees it (a tuple: branches copy it often)."""
-
-    probability: float
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    mark: int = 0
-    dnat: tuple[str, int] | None = None
-    masquerade: bool = False
-    random_fully: bool = False
-    snat: str | None = None
-    sticky: bool = False
-    steps: tuple[Step, ...] = ()
-    notes: tuple[str, ...] = ()
-    undecided: tuple[str, ...] = ()
-
-
 @dataclass
 class _Outcome:
     verdict: str  # accept | drop | reject (for this table's traversal)
-    state: _State
+    state: Branch
 
 
 class IpsetMembership(Protocol):
@@ -90,7 +50,8 @@ class Walker:
 
     def is_local(self, ip: str) -> bool | None:
         local = self.node.is_local(ip)
-        if local is None and (ip in self.remote_ips or any(_in(ip, c) for c in self.remote_cidrs)):
+        if local is None and (ip in self.remote_ips
+                              or any(in_cidr(ip, c) for c in self.remote_cidrs)):
             return False
         return local
 
@@ -98,8 +59,8 @@ class Walker:
 
     def walk(self, packet: Packet) -> list[Path]:
         """All paths the first packet of this connection can take, with their probabilities."""
-        packet = _canonical(packet)
-        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        packet = canonical(packet)
+        start = Branch.start(packet)
         self._packet = packet
         pre = ("raw", "mangle", "nat") if not packet.from_host else ("raw", "mangle", "nat",
                                                                       "filter", "security")
@@ -107,21 +68,21 @@ class Walker:
         paths: list[Path] = []
         for st, verdict in self._hook(hook, pre, [start]):
             if verdict != "accept":
-                paths.append(self._path(st, verdict))
+                paths.append(st.to_path(verdict))
                 continue
             for st2, verdict2 in self._after_routing(st):
-                paths.append(self._path(st2, verdict2))
+                paths.append(st2.to_path(verdict2))
         return paths
 
-    def walk_chain(self, table: str, chain: str, packet: Packet) -> list[tuple[_State, str]]:
+    def walk_chain(self, table: str, chain: str, packet: Packet) -> list[tuple[Branch, str]]:
         """Walk from one chain only (used to read a service's dispatch chain on its own)."""
-        self._packet = packet = _canonical(packet)
-        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        self._packet = packet = canonical(packet)
+        start = Branch.start(packet)
         return [(o.state, o.verdict) for o in self._traverse(table, chain, start)]
 
     # -- hooks ------------------------------------------------------------------------------
 
-    def _after_routing(self, st: _State) -> list[tuple[_State, str]]:
+    def _after_routing(self, st: Branch) -> list[tuple[Branch, str]]:
         local = self.is_local(st.dst)
         if self._packet.from_host:
             tables_after: tuple[str, ...] = ()
@@ -129,10 +90,10 @@ class Walker:
             return self._hook("INPUT", ("mangle", "filter", "security", "nat"), [st])
         else:
             if local is None:
-                st = self._note(st, f"assumed {st.dst} is not an address of this node "
+                st = st.note(f"assumed {st.dst} is not an address of this node "
                                     "(give the node's addresses to decide)")
             tables_after = ("mangle", "filter", "security")
-        out: list[tuple[_State, str]] = []
+        out: list[tuple[Branch, str]] = []
         states = self._hook("FORWARD", tables_after, [st]) if tables_after else [(st, "accept")]
         for s, v in states:
             if v != "accept":
@@ -142,8 +103,8 @@ class Walker:
         return out
 
     def _hook(self, hook: str, tables: tuple[str, ...],
-              states: list[_State]) -> list[tuple[_State, str]]:
-        results: list[tuple[_State, str]] = []
+              states: list[Branch]) -> list[tuple[Branch, str]]:
+        results: list[tuple[Branch, str]] = []
         todo = [(s, 0) for s in states]
         while todo:
             st, ti = todo.pop()
@@ -168,18 +129,18 @@ class Walker:
 
     # -- chain traversal --------------------------------------------------------------------
 
-    def _traverse(self, table: str, chain: str, st: _State) -> list[_Outcome]:
+    def _traverse(self, table: str, chain: str, st: Branch) -> list[_Outcome]:
         t = self.ruleset.table(table)
         policy = (t.policies.get(chain, "ACCEPT") if t else "ACCEPT")
         out: list[_Outcome] = []
-        todo: list[tuple[_State, tuple[tuple[str, int], ...]]] = [(st, ((chain, 0),))]
+        todo: list[tuple[Branch, tuple[tuple[str, int], ...]]] = [(st, ((chain, 0),))]
         budget = MAX_RULES_PER_WALK
         while todo:
             st, stack = todo.pop()
             name, idx = stack[-1]
             count = t.count(name) if t else 0
             hints = t.destinations(name) if t else []
-            while idx < count and hints[idx] is not None and not _in(st.dst, hints[idx]):
+            while idx < count and hints[idx] is not None and not in_cidr(st.dst, hints[idx]):
                 idx += 1  # skipped unparsed: its -d cannot match
             if idx >= count:
                 stack = stack[:-1]
@@ -190,8 +151,8 @@ class Walker:
                 continue
             budget -= 1
             if budget <= 0:
-                out.append(_Outcome("accept", self._note(
-                    st, f"stopped after {MAX_RULES_PER_WALK} rules in {table} {chain}")))
+                out.append(_Outcome("accept", st.note(
+                    f"stopped after {MAX_RULES_PER_WALK} rules in {table} {chain}")))
                 continue
             assert t is not None
             rule = t.rule(name, idx)
@@ -209,7 +170,7 @@ class Walker:
         out.reverse()
         return out
 
-    def _apply(self, rule: Rule, st: _State, stack: tuple[tuple[str, int], ...],
+    def _apply(self, rule: Rule, st: Branch, stack: tuple[tuple[str, int], ...],
                todo: list, out: list[_Outcome]) -> None:
         target = rule.target
         table = rule.table
@@ -219,7 +180,7 @@ class Walker:
         t = self.ruleset.table(table)
         if t is not None and t.has_chain(target) and target not in BUILTIN_CHAINS.get(table, ()):
             if len(stack) >= MAX_DEPTH:
-                out.append(_Outcome("accept", self._note(st, f"jump depth over {MAX_DEPTH}")))
+                out.append(_Outcome("accept", st.note(f"jump depth over {MAX_DEPTH}")))
                 return
             st = self._step(st, rule, f"{'goto' if rule.goto else 'jump'} {target}")
             base = stack[:-1] if rule.goto else stack
@@ -260,12 +221,12 @@ class Walker:
                         "TCPMSS", "CLASSIFY", "DSCP", "TOS", "AUDIT"):
             todo.append((st, stack))
         else:
-            todo.append((self._note(st, f"{table} {rule.chain}: target {target} is not modelled; "
+            todo.append((st.note(f"{table} {rule.chain}: target {target} is not modelled; "
                                     "assumed it lets the packet continue"), stack))
 
     # -- matches ----------------------------------------------------------------------------
 
-    def _matches(self, rule: Rule, st: _State) -> tuple[float, list[str]]:
+    def _matches(self, rule: Rule, st: Branch) -> tuple[float, list[str]]:
         """Probability that the rule matches (1, 0 or a statistic's p) and any assumptions."""
         p = 1.0
         notes: list[str] = []
@@ -279,7 +240,7 @@ class Walker:
             p *= r
         return p, notes
 
-    def _match(self, m: Match, st: _State, rule: Rule) -> float | str:
+    def _match(self, m: Match, st: Branch, rule: Rule) -> float | str:
         """1.0 / 0.0 / a probability, or a string saying why it cannot be decided."""
         pkt = self._packet
         for o in m.options:
@@ -294,14 +255,14 @@ class Walker:
                 return 0.0
         return 1.0
 
-    def _option(self, module: str, o: Option, st: _State, pkt: Packet,
+    def _option(self, module: str, o: Option, st: Branch, pkt: Packet,
                 rule: Rule) -> bool | float | str:
         n, v = o.name, o.value
         if module == "":
             if n == "-s":
-                return _in(st.src, v)
+                return in_cidr(st.src, v)
             if n == "-d":
-                return _in(st.dst, v)
+                return in_cidr(st.dst, v)
             if n == "-p":
                 return v in ("all", "0") or v.lower() == pkt.protocol or v == _PROTO_NUMBERS.get(
                     pkt.protocol)
@@ -338,7 +299,7 @@ class Walker:
             states = {"NEW"} | ({"DNAT"} if st.dnat else set())
             return bool(states & set(v.split(",")))
         if module == "conntrack" and n in ("--ctorigdst", "--ctorigsrc"):
-            return _in(pkt.dst_ip if n == "--ctorigdst" else pkt.src_ip, v)
+            return in_cidr(pkt.dst_ip if n == "--ctorigdst" else pkt.src_ip, v)
         if module == "conntrack" and n in ("--ctorigdstport", "--ctorigsrcport"):
             return _port_in(pkt.dst_port if n == "--ctorigdstport" else pkt.src_port, v)
         if module == "addrtype" and n in ("--dst-type", "--src-type"):
@@ -394,7 +355,7 @@ class Walker:
 
     # -- effects ----------------------------------------------------------------------------
 
-    def _mark(self, rule: Rule, st: _State) -> _State:
+    def _mark(self, rule: Rule, st: Branch) -> Branch:
         mark = st.mark
         for o in rule.target_options:
             value, _, mask = o.value.partition("/")
@@ -413,29 +374,12 @@ class Walker:
                 mark ^= val
         return self._step(st, rule, f"mark {mark:#x}")._replace(mark=mark)
 
-    def _step(self, st: _State, rule: Rule, effect: str) -> _State:
+    def _step(self, st: Branch, rule: Rule, effect: str) -> Branch:
         if not self.record_steps:
             return st._replace(sticky=True) if not st.sticky and rule.option(
                 "recent", "--set") is not None else st
         return st._replace(steps=(*st.steps, Step(rule.table, rule.chain, rule.text, effect)),
                        sticky=st.sticky or (rule.option("recent", "--set") is not None))
-
-    @staticmethod
-    def _note(st: _State, *notes: str) -> _State:
-        new = tuple(n for n in notes if n not in st.notes)
-        return st._replace(notes=st.notes + new) if new else st
-
-    @staticmethod
-    def _path(st: _State, verdict: str) -> Path:
-        if verdict == "accept":
-            verdict = "dnat" if st.dnat else "no-match"
-        return Path(st.probability, verdict, list(st.steps), st.dnat, st.masquerade,
-                    st.random_fully, st.sticky, list(st.notes), st.snat, list(st.undecided))
-
-
-def _canonical(packet: Packet) -> Packet:
-    return dataclasses.replace(packet, src_ip=str(_addr(packet.src_ip)),
-                               dst_ip=str(_addr(packet.dst_ip)))
 
 
 def _port_in(port: int, spec: str) -> bool:

@@ -10,14 +10,15 @@ after filter and before nat INPUT, and LOCAL_OUT just after nat OUTPUT for host 
 
 The iptables parts reuse the iptables `Walker` (its hooks, chains, marks and the ipset
 `--match-set` test); this subclass adds the node-local VIPs and the IPVS step between the
-hooks. It relies on the walker's protected `_after_routing` / `_hook` / `_State` shape.
+hooks. It relies on the walker's protected `_after_routing` / `_hook` / `Branch` shape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubectl_clusterip.iptables.walk import Walker, _State
+from kubectl_clusterip.branch import Branch
+from kubectl_clusterip.iptables.walk import Walker
 from kubectl_clusterip.ipvs.parse import IpvsTable, RealServer, VirtualService
 from kubectl_clusterip.model import Step, join_host_port
 
@@ -79,7 +80,7 @@ class IpvsWalker(Walker):
             return True
         return super().is_local(ip)
 
-    def _after_routing(self, st: _State) -> list[tuple[_State, str]]:
+    def _after_routing(self, st: Branch) -> list[tuple[Branch, str]]:
         vs = self.table.lookup(self._packet.protocol, st.dst, st.dport)
         if vs is None:
             return super()._after_routing(st)
@@ -88,7 +89,7 @@ class IpvsWalker(Walker):
         else:
             # LOCAL_IN: after filter/security INPUT, before nat INPUT (IPVS takes the packet)
             states = self._hook("INPUT", ("mangle", "filter", "security"), [st])
-        out: list[tuple[_State, str]] = []
+        out: list[tuple[Branch, str]] = []
         for s, verdict in states:
             if verdict != "accept":
                 out.append((s, verdict))
@@ -98,7 +99,7 @@ class IpvsWalker(Walker):
                            if v2 == "accept" else [(s2, v2)])
         return out
 
-    def _schedule(self, vs: VirtualService, st: _State) -> list[tuple[_State, str]]:
+    def _schedule(self, vs: VirtualService, st: Branch) -> list[tuple[Branch, str]]:
         sched = f"{vs.scheduler}" + (f" ({','.join(vs.sched_flags)})" if vs.sched_flags else "")
         persist = f", persistent {vs.persistent}s" if vs.persistent is not None else ""
         st = self._ipvs_step(st, vs, vs.line, f"virtual service {vs.key}, scheduler "
@@ -112,15 +113,15 @@ class IpvsWalker(Walker):
             return [(st, "reject")]
         quiescent = [rs.endpoint for rs in vs.real_servers if rs.weight <= 0]
         if quiescent:
-            st = self._note(st, f"IPVS {vs.key}: weight 0 (draining, no new connections): "
+            st = st.note(f"IPVS {vs.key}: weight 0 (draining, no new connections): "
                                 + ", ".join(quiescent))
         if not exact:
             possible = ", ".join(rs.endpoint for rs, _ in picks)
-            st = self._note(st, f"IPVS {vs.key} uses {describe_scheduler(vs.scheduler)}: the "
+            st = st.note(f"IPVS {vs.key} uses {describe_scheduler(vs.scheduler)}: the "
                                 f"pick depends on live kernel state; possible: {possible}; "
                                 "the shares shown are nominal (by weight)")
         if vs.persistent is not None:
-            st = self._note(st, f"IPVS {vs.key} is persistent ({vs.persistent}s): the first "
+            st = st.note(f"IPVS {vs.key} is persistent ({vs.persistent}s): the first "
                                 "connection from a client is scheduled, later ones follow its "
                                 "persistence template to the same real server")
         out = []
@@ -130,7 +131,7 @@ class IpvsWalker(Walker):
             kind = {"masq": "", "local": ", local real server"}.get(
                 rs.forward, f", {rs.forward} forwarding")
             if rs.forward not in ("masq", "local"):
-                s = self._note(s, f"IPVS {vs.key} → {rs.endpoint} uses {rs.forward} "
+                s = s.note(f"IPVS {vs.key} → {rs.endpoint} uses {rs.forward} "
                                   "forwarding: the destination address is not rewritten; the "
                                   "real server must own the virtual address")
             # trace.assemble recognises the DNAT step by its effect's first word.
@@ -140,5 +141,5 @@ class IpvsWalker(Walker):
         return out
 
     @staticmethod
-    def _ipvs_step(st: _State, vs: VirtualService, line: str, effect: str) -> _State:
+    def _ipvs_step(st: Branch, vs: VirtualService, line: str, effect: str) -> Branch:
         return st._replace(steps=(*st.steps, Step("ipvs", vs.key, line, effect)))

@@ -11,11 +11,11 @@ decide from the dump is assumed not to match and the assumption is put on the pa
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
+from kubectl_clusterip.branch import Branch, canonical, in_cidr
 from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
 from kubectl_clusterip.nftables.parse import Chain, Rule, Table, value_matches
 
@@ -33,29 +33,6 @@ class _Absent:
 
 
 ABSENT = _Absent()
-
-
-class _State(NamedTuple):
-    """The packet as one branch of the walk sees it (a NamedTuple: copies are cheap)."""
-
-    probability: float
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    mark: int = 0
-    dnat: tuple[str, int] | None = None
-    masquerade: bool = False
-    random_fully: bool = False
-    snat: str | None = None
-    sticky: bool = False
-    steps: tuple[Step, ...] = ()
-    notes: tuple[str, ...] = ()
-    undecided: tuple[str, ...] = ()
-
-
-def replace(st: _State, **changes: Any) -> _State:
-    return st._replace(**changes)
 
 
 _Action = Any  # None (next rule) | ("jump"|"goto", chain) | "return" | "accept" | "drop" | …
@@ -88,22 +65,24 @@ class Walker:
 
     def walk(self, packet: Packet) -> list[Path]:
         """All paths the first packet of this connection can take, with their probabilities."""
+        packet = canonical(packet)
         self._packet, self._family = packet, packet.family
-        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        start = Branch.start(packet)
         paths: list[Path] = []
         first = "output" if packet.from_host else "prerouting"
         for st, verdict in self._hook(first, [start]):
             if verdict != "accept":
-                paths.append(self._path(st, verdict))
+                paths.append(st.to_path(verdict))
                 continue
             for st2, verdict2 in self._after_routing(st):
-                paths.append(self._path(st2, verdict2))
+                paths.append(st2.to_path(verdict2))
         return paths
 
-    def walk_chain(self, chain: str, packet: Packet) -> list[tuple[_State, str]]:
+    def walk_chain(self, chain: str, packet: Packet) -> list[tuple[Branch, str]]:
         """Walk from one regular chain only (a service's dispatch chain, for `services`)."""
+        packet = canonical(packet)
         self._packet, self._family = packet, packet.family
-        start = _State(1.0, packet.src_ip, packet.dst_ip, packet.src_port, packet.dst_port)
+        start = Branch.start(packet)
         ch = self.table.chains.get(chain)
         if ch is None:
             return [(start, "accept")]
@@ -111,24 +90,24 @@ class Walker:
 
     # -- hooks ------------------------------------------------------------------------------
 
-    def _after_routing(self, st: _State) -> list[tuple[_State, str]]:
+    def _after_routing(self, st: Branch) -> list[tuple[Branch, str]]:
         if self._packet.from_host:
             return self._hook("postrouting", [st])
         local = self.is_local(st.dst)
         if local:
             return self._hook("input", [st])
         if local is None:
-            st = _note(st, f"assumed {st.dst} is not an address of this node (give the node's "
+            st = st.note(f"assumed {st.dst} is not an address of this node (give the node's "
                            "addresses to decide)")
-        out: list[tuple[_State, str]] = []
+        out: list[tuple[Branch, str]] = []
         for s, v in self._hook("forward", [st]):
             out.extend([(s, v)] if v != "accept" else self._hook("postrouting", [s]))
         return out
 
-    def _hook(self, hook: str, states: list[_State]) -> list[tuple[_State, str]]:
+    def _hook(self, hook: str, states: list[Branch]) -> list[tuple[Branch, str]]:
         """Every base chain of the hook in priority order; accept passes to the next one."""
         chains = self._hooks.get(hook, [])
-        results: list[tuple[_State, str]] = []
+        results: list[tuple[Branch, str]] = []
         todo = [(s, 0) for s in states]
         while todo:
             st, ci = todo.pop()
@@ -148,7 +127,7 @@ class Walker:
         return results
 
     @staticmethod
-    def _nat_done(hook: str, st: _State) -> bool:
+    def _nat_done(hook: str, st: Branch) -> bool:
         """Once a connection has its NAT binding, later nat chains of the hook are skipped."""
         if hook in ("prerouting", "output"):
             return st.dnat is not None
@@ -158,9 +137,9 @@ class Walker:
 
     # -- chains -----------------------------------------------------------------------------
 
-    def _traverse(self, chain: Chain, st: _State) -> list[tuple[_State, str]]:
-        out: list[tuple[_State, str]] = []
-        todo: list[tuple[_State, tuple[tuple[str, int], ...]]] = [(st, ((chain.name, 0),))]
+    def _traverse(self, chain: Chain, st: Branch) -> list[tuple[Branch, str]]:
+        out: list[tuple[Branch, str]] = []
+        todo: list[tuple[Branch, tuple[tuple[str, int], ...]]] = [(st, ((chain.name, 0),))]
         budget = MAX_RULES_PER_WALK
         chains = self.table.chains
         while todo:
@@ -177,7 +156,7 @@ class Walker:
                 continue
             budget -= 1
             if budget <= 0:
-                out.append((_note(st, f"stopped after {MAX_RULES_PER_WALK} rules in "
+                out.append((st.note(f"stopped after {MAX_RULES_PER_WALK} rules in "
                                       f"{self.label} {chain.name}"), "accept"))
                 continue
             rule = rules[idx]
@@ -188,10 +167,10 @@ class Walker:
                 elif isinstance(action, tuple):
                     verb, target = action
                     if target not in chains:
-                        todo.append((_note(s, f"{self.label} {name}: {verb} to missing chain "
+                        todo.append((s.note(f"{self.label} {name}: {verb} to missing chain "
                                               f"{target}; assumed it continues"), stack))
                     elif len(stack) >= MAX_DEPTH:
-                        out.append((_note(s, f"jump depth over {MAX_DEPTH}"), "accept"))
+                        out.append((s.note(f"jump depth over {MAX_DEPTH}"), "accept"))
                     else:
                         base = stack[:-1] if verb == "goto" else stack
                         todo.append((s, (*base, (target, 0))))
@@ -208,12 +187,12 @@ class Walker:
 
     # -- one rule ---------------------------------------------------------------------------
 
-    def _exec(self, rule: Rule, st: _State) -> list[tuple[_State, _Action]]:
+    def _exec(self, rule: Rule, st: Branch) -> list[tuple[Branch, _Action]]:
         """The branches a rule sends the packet on, with what each does next."""
         return list(self._run(rule, rule.expr, 0, st, ()))
 
-    def _run(self, rule: Rule, expr: list, i: int, st: _State,
-             effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+    def _run(self, rule: Rule, expr: list, i: int, st: Branch,
+             effects: tuple[str, ...]) -> Iterator[tuple[Branch, _Action]]:
         while i < len(expr):
             (kind, v), = expr[i].items()
             i += 1
@@ -244,17 +223,17 @@ class Walker:
                 if isinstance(key, dict) and "meta" in key and key["meta"]["key"] == "mark":
                     val = self._value(v["value"], st)
                     if isinstance(val, int):
-                        st = replace(st, mark=val & 0xFFFFFFFF)
+                        st = st._replace(mark=val & 0xFFFFFFFF)
                         effects = (*effects, f"mark {st.mark:#x}")
                         continue
-                st = _note(st, f"{self.label} {rule.chain}: '{rule.text}' sets something not "
+                st = st.note(f"{self.label} {rule.chain}: '{rule.text}' sets something not "
                                "modelled; assumed it changes nothing that matters")
                 continue
             if kind == "masquerade":
                 flags = (v or {}).get("flags") or ()
                 flags = (flags,) if isinstance(flags, str) else tuple(flags)
                 snat = self.node.source_toward(st.dst)
-                st = replace(st, masquerade=True, random_fully="fully-random" in flags,
+                st = st._replace(masquerade=True, random_fully="fully-random" in flags,
                              snat=snat)
                 eff = f"masquerade to {snat or 'the node address toward ' + st.dst}"
                 yield self._done(rule, st, (*effects, eff)), "accept"
@@ -262,7 +241,7 @@ class Walker:
             if kind == "snat":
                 addr = v.get("addr")
                 snat = addr if isinstance(addr, str) else None
-                st = replace(st, masquerade=True, snat=snat)
+                st = st._replace(masquerade=True, snat=snat)
                 yield self._done(rule, st, (*effects, f"SNAT to {snat}")), "accept"
                 return
             if kind == "dnat":
@@ -271,13 +250,13 @@ class Walker:
             if kind == "set":
                 name = str(v.get("set", "")).lstrip("@")
                 if name.startswith("affinity-"):
-                    st = replace(st, sticky=True)
+                    st = st._replace(sticky=True)
                 effects = (*effects, f"{v.get('op')} @{name} with {st.src}")
                 continue
             if kind in ("counter", "log", "notrack"):
                 continue
             if kind == "limit":
-                st = _note(st, f"{self.label} {rule.chain}: assumed under the limit: "
+                st = st.note(f"{self.label} {rule.chain}: assumed under the limit: "
                                f"{rule.text}")
                 continue
             reason = (f"{self.label} {rule.chain}: cannot read the rule '{rule.text}'"
@@ -288,14 +267,14 @@ class Walker:
             return
         yield self._done(rule, st, effects), None
 
-    def _done(self, rule: Rule, st: _State, effects: tuple[str, ...]) -> _State:
+    def _done(self, rule: Rule, st: Branch, effects: tuple[str, ...]) -> Branch:
         if not effects or not self.record_steps:
             return st
         step = Step(self.label, rule.chain, _rule_text(rule), "; ".join(effects))
-        return replace(st, steps=(*st.steps, step))
+        return st._replace(steps=(*st.steps, step))
 
-    def _vmap(self, rule: Rule, v: dict, st: _State,
-              effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+    def _vmap(self, rule: Rule, v: dict, st: Branch,
+              effects: tuple[str, ...]) -> Iterator[tuple[Branch, _Action]]:
         keys = self._keys(v["key"], st)
         if isinstance(keys, _Undecided):
             st = _undecide(st, f"{self.label} {rule.chain}: {keys}; assumed no match: "
@@ -310,7 +289,7 @@ class Walker:
         for share, key in keys:
             found = self._map_lookup(v["data"], key)
             if isinstance(found, _Undecided):
-                st = _note(st, f"{self.label} {rule.chain}: {found}")
+                st = st.note(f"{self.label} {rule.chain}: {found}")
                 miss += share
                 continue
             if found is None:
@@ -322,17 +301,17 @@ class Walker:
             groups[text] = (p + share, verdict, comment or "")
         n = len(keys)
         for text, (share, verdict, comment) in groups.items():
-            b = st if share == 1.0 else replace(st, probability=st.probability * share)
+            b = st if share == 1.0 else st._replace(probability=st.probability * share)
             eff = text + (f" [{comment}]" if comment else "")
             if n > 1:
                 eff += f" ({round(share * n)} of {n} numgen values)"
             yield self._done(rule, b, (*effects, eff)), _verdict_action(verdict)
         if miss > 0:
-            b = st if miss == 1.0 else replace(st, probability=st.probability * miss)
+            b = st if miss == 1.0 else st._replace(probability=st.probability * miss)
             yield self._done(rule, b, effects), None
 
-    def _dnat(self, rule: Rule, v: dict, st: _State,
-              effects: tuple[str, ...]) -> Iterator[tuple[_State, _Action]]:
+    def _dnat(self, rule: Rule, v: dict, st: Branch,
+              effects: tuple[str, ...]) -> Iterator[tuple[Branch, _Action]]:
         addr = v.get("addr")
         if isinstance(addr, dict) and "map" in addr:
             keys = self._keys(addr["map"]["key"], st)
@@ -355,23 +334,23 @@ class Walker:
                 port = int(parts[1]) if len(parts) > 1 else int(v.get("port") or st.dport)
                 targets[(ip, port)] = targets.get((ip, port), 0.0) + share
             for (ip, port), share in targets.items():
-                b = replace(st, probability=st.probability * share, dst=ip, dport=port,
+                b = st._replace(probability=st.probability * share, dst=ip, dport=port,
                             dnat=(ip, port))
                 eff = f"DNAT to {join_host_port(ip, port)}"
                 if len(keys) > 1:
                     eff += f" ({round(share * len(keys))} of {len(keys)} numgen values)"
                 yield self._done(rule, b, (*effects, eff)), "accept"
             if miss > 0:
-                yield replace(st, probability=st.probability * miss), "drop"
+                yield st._replace(probability=st.probability * miss), "drop"
             return
         ip = str(addr) if addr is not None else st.dst
         port = int(v["port"]) if v.get("port") is not None else st.dport
-        st = replace(st, dst=ip, dport=port, dnat=(ip, port))
+        st = st._replace(dst=ip, dport=port, dnat=(ip, port))
         yield self._done(rule, st, (*effects, f"DNAT to {join_host_port(ip, port)}")), "accept"
 
     # -- matches and values -----------------------------------------------------------------
 
-    def _match(self, m: dict, st: _State) -> bool | _Undecided:
+    def _match(self, m: dict, st: Branch) -> bool | _Undecided:
         left = self._value(m["left"], st)
         if isinstance(left, _Undecided):
             return left
@@ -432,7 +411,7 @@ class Walker:
             return None
         return _Undecided("a map this walker cannot read")
 
-    def _keys(self, expr: Any, st: _State) -> list[tuple[float, Any]] | _Undecided | _Absent:
+    def _keys(self, expr: Any, st: Branch) -> list[tuple[float, Any]] | _Undecided | _Absent:
         """The lookup key(s) with their odds: one certain key, or one per numgen value."""
         if isinstance(expr, dict) and "numgen" in expr:
             ng = expr["numgen"]
@@ -445,7 +424,7 @@ class Walker:
             return v
         return [(1.0, v)]
 
-    def _value(self, e: Any, st: _State) -> Any:
+    def _value(self, e: Any, st: Branch) -> Any:
         if not isinstance(e, dict):
             return e
         (kind, v), = e.items()
@@ -521,35 +500,13 @@ class Walker:
 
     def is_local(self, ip: str) -> bool | None:
         local = self.node.is_local(ip)
-        if local is None and (ip in self.remote_ips or _in_any(ip, self.remote_cidrs)):
+        if local is None and (ip in self.remote_ips
+                              or any(in_cidr(ip, c) for c in self.remote_cidrs)):
             return False
         return local
 
-    # -- paths ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _path(st: _State, verdict: str) -> Path:
-        if verdict == "accept":
-            verdict = "dnat" if st.dnat else "no-match"
-        return Path(st.probability, verdict, list(st.steps), st.dnat, st.masquerade,
-                    st.random_fully, st.sticky, list(st.notes), st.snat, list(st.undecided))
-
-
-def _undecide(st: _State, why: str) -> _State:
-    return replace(st, undecided=(*st.undecided, why))
-
-
-def _note(st: _State, note: str) -> _State:
-    return st if note in st.notes else replace(st, notes=(*st.notes, note))
-
-
-def _in_any(ip: str, cidrs: tuple[str, ...]) -> bool:
-    addr = ipaddress.ip_address(ip)
-    for c in cidrs:
-        net = ipaddress.ip_network(c, strict=False)
-        if net.version == addr.version and addr in net:
-            return True
-    return False
+def _undecide(st: Branch, why: str) -> Branch:
+    return st._replace(undecided=(*st.undecided, why))
 
 
 def _rule_text(rule: Rule) -> str:
