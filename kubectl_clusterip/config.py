@@ -15,8 +15,6 @@ import yaml
 
 from kubectl_clusterip.model import ClusterIPError
 
-DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
-
 
 def _cidrs_of_family(cidrs: Iterable[str], family: int) -> list[str]:
     """Valid CIDRs of one family, normalised like Go's net.IPNet.String() (host bits cleared)."""

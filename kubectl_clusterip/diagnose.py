@@ -95,7 +95,6 @@ class Cluster:
     node: str
     config: ProxyConfig | None = None
     config_error: str = ""
-    kube_proxy_cm: dict | None = None
     slices: list[dict] = field(default_factory=list)
 
     @classmethod

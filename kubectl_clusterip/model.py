@@ -10,8 +10,6 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 
 PROTOCOLS = ("tcp", "udp", "sctp")
-VERDICTS = ("dnat", "reject", "drop", "no-match")
-SEVERITIES = ("error", "warning", "info")
 
 
 class ClusterIPError(Exception):

@@ -74,11 +74,6 @@ def probability(n: int) -> str:
     return "%0.10f" % (1.0 / n)
 
 
-def _q(comment: str) -> str:
-    """kube-proxy quotes the comments that contain spaces; svcPortNames never do."""
-    return f'"{comment}"' if " " in comment else comment
-
-
 @dataclass
 class NodeFacts:
     """What the expectation needs from the Node object."""
