@@ -106,7 +106,7 @@ class Cluster:
                 config = ProxyConfig.from_configmap(cm)
             except ClusterIPError as e:
                 error = str(e)
-        return cls(snap, node, config, error, cm, snap.of_kind("EndpointSlice"))
+        return cls(snap, node, config, error, snap.of_kind("EndpointSlice"))
 
     def node_object(self) -> dict | str:
         return self.snap.get("Node", None, self.node) or self.node
