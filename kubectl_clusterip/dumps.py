@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from kubectl_clusterip.iptables.dataplane import IptablesDataplane
-from kubectl_clusterip.iptables.parse import looks_like_iptables
+from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
+from kubectl_clusterip.iptables.parse import looks_like_iptables, parse_iptables_save
 from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
 from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm
 from kubectl_clusterip.model import ClusterIPError, Node, Packet, ServicePort, Trace
@@ -65,7 +65,8 @@ def read_text(path: str) -> str:
 
 
 def detect_format(text: str) -> str | None:
-    """iptables | nft-json | nft-text | ipvsadm | ipset | conntrack | proxy-mode, or None."""
+    """iptables | nft-json | nft-text | ipvsadm | ipset | conntrack | xt-recent | proxy-mode,
+    or None."""
     head = text[:8192].lstrip()
     if head.startswith("{") and '"nftables"' in head[:200]:
         return "nft-json"
@@ -79,6 +80,8 @@ def detect_format(text: str) -> str | None:
         return "ipset"
     if re.search(r"^(tcp|udp|sctp|icmp)\s+\d+\s+\d+\s.*\bsrc=", head, re.M):
         return "conntrack"
+    if head.startswith("/proc/net/xt_recent/"):
+        return "xt-recent"
     if head.strip() in ("iptables", "ipvs", "nftables", "kernelspace"):
         return "proxy-mode"
     return None
@@ -86,7 +89,9 @@ def detect_format(text: str) -> str | None:
 
 # format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes
 def _build_iptables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
-    return [IptablesDataplane.from_text(text, source) for source, text in dumps]
+    recent = parse_xt_recent("\n".join(text for _, text in _all.get("xt-recent", [])))
+    return [IptablesDataplane(parse_iptables_save(text, source), recent=recent)
+            for source, text in dumps]
 
 
 def _build_ipvs(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
@@ -99,7 +104,8 @@ BUILDERS = {
     "nft-json": nftables_dataplane.build,
     "nft-text": nftables_dataplane.build,
 }
-SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode"}  # read by a mode, never a dataplane alone
+# Read by a mode, never a dataplane alone.
+SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode", "xt-recent"}
 # A mode that reads another format's dumps as its own: IPVS mode still writes iptables rules,
 # so a node with an IPVS table has no iptables-mode dataplane.
 CONSUMES = {"ipvsadm": ("iptables",)}

@@ -27,12 +27,13 @@ NODE_FILES = {
     "ipvsadm-save.txt": "ipvsadm-save -n",
     "ipset-save.txt": "ipset save",
     "conntrack.txt": "conntrack -L",
+    "xt-recent.txt": "grep -H '' /proc/net/xt_recent/* (iptables session-affinity state)",
     "proxy-mode": "curl -s 127.0.0.1:10249/proxyMode",
     "ip-addr.json": "ip -j addr show",
     "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
 }
 RULE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "nft-ruleset.json", "nft-ruleset.txt",
-              "ipvsadm-save.txt", "ipset-save.txt")
+              "ipvsadm-save.txt", "ipset-save.txt", "xt-recent.txt")
 SNAPSHOT_API = "clusterip.kubectl.dev/v1alpha1"
 
 

@@ -125,3 +125,19 @@ def test_usage_errors_are_one_line(args, message):
 def test_stdin_dump():
     r = run("rules", "--rules-file", "-", input=Path(DUMP).read_text())
     assert r.exit_code == 0 and "my-service" in r.output
+
+
+def test_affinity_state_in_a_snapshot_pins_the_client(tmp_path):
+    """nodes/<node>/xt-recent.txt (what the debug pod reads from /proc/net/xt_recent)."""
+    import shutil
+
+    snap = tmp_path / "snap"
+    shutil.copytree(ROOT / "tests" / "data" / "snapshots" / "session-affinity", snap)
+    (snap / "nodes" / "kind-worker" / "xt-recent.txt").write_text(
+        "/proc/net/xt_recent/KUBE-SEP-DYSIX5QMVXZZP7LU:src=10.244.1.20 ttl: 64 "
+        "last_seen: 4295667296 oldest_pkt: 1 4295667296\n")
+    doc = json.loads(run("trace", "shop/web", "--snapshot", str(snap), "-o", "json").output)
+    assert [(d["ip"], d["probability"]) for d in doc["dnat"]] == [("10.244.2.7", 1.0)]
+    other = json.loads(run("trace", "shop/web", "--snapshot", str(snap), "--source-ip",
+                           "10.244.1.21", "-o", "json").output)
+    assert len(other["dnat"]) == 2  # a client the list does not hold is still random

@@ -187,12 +187,14 @@ def test_session_affinity_sticks_to_the_endpoint_the_kernel_recorded(lab, kernel
     assert len(first.candidates) == 3 and all(c.sticky for c in first.candidates)
     replies = lab.request("client", "10.96.0.24", 80, count=20)
     assert len(tally(replies)) == 1  # every connection went to the same endpoint
-    files = {name: lab.run("node", "cat", f"/proc/net/xt_recent/{name}")
-             for name in lab.run("node", "ls", "/proc/net/xt_recent").split()}
+    # The same command the node debug pod runs (snapshot file xt-recent.txt).
+    state = lab.run("node", "sh", "-c", "grep -H '' /proc/net/xt_recent/*")
     pinned = v4.trace(Packet(PODS["client"], "10.96.0.24", 80), node_ctx,
-                      recent=parse_xt_recent(files))
+                      recent=parse_xt_recent(state))
     assert [pod_of(c.ip) for c in pinned.candidates] == list(tally(replies))
     assert pinned.candidates[0].probability == 1.0
+    f = next(f for f in pinned.findings if f.code == "SessionAffinity")
+    assert "already holds 10.244.1.5" in f.message and "--rcheck" in f.evidence
 
 
 def test_ipv6_service(lab, kernel):

@@ -52,6 +52,7 @@ iptables_both() {
   run iptables-nft-save iptables-nft-save
   run ip6tables-legacy-save ip6tables-legacy-save
   run ip6tables-nft-save ip6tables-nft-save
+  run xt-recent.txt sh -c 'grep -H "" /proc/net/xt_recent/* 2>/dev/null; true'
 }
 run proxy-mode curl -s -m 2 http://127.0.0.1:10249/proxyMode
 [ -n "$MODE" ] || MODE=$(cat "$T/kc.out" 2>/dev/null)

@@ -41,6 +41,8 @@ class IptablesDataplane:
     ruleset: Ruleset
     mode: str = "iptables"
     _services: list[ServicePort] | None = field(default=None, repr=False)
+    # The node's xt_recent lists (session affinity): affinity chain -> client IPs it pins.
+    recent: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
     def from_text(cls, text: str, source: str = "") -> IptablesDataplane:
@@ -61,7 +63,8 @@ class IptablesDataplane:
 
     def walk(self, packet: Packet, node: Node | None = None,
              recent: dict[str, set[str]] | None = None) -> list[Path]:
-        walker = Walker(self.ruleset, node or Node(), recent or {}, self.service_ips(),
+        walker = Walker(self.ruleset, node or Node(),
+                        self.recent if recent is None else recent, self.service_ips(),
                         tuple(self.cluster_cidrs()))
         return walker.walk(packet)
 
@@ -80,7 +83,17 @@ class IptablesDataplane:
         step = _capture_step(paths)
         name = service_name_from_comment(parse_rule(step.table, step.rule).comment or "") \
             if step else None
-        return assemble(packet, self.mode, paths, name, step)
+        trace = assemble(packet, self.mode, paths, name, step)
+        pinned = [s for c in trace.candidates for s in c.steps if "--rcheck" in s.rule]
+        if pinned and len(trace.candidates) == 1:
+            for f in trace.findings:
+                if f.code == "SessionAffinity":
+                    f.message = (f"{trace.service or packet.dst_ip} has ClientIP session "
+                                 f"affinity and the node's affinity list already holds "
+                                 f"{packet.src_ip}: its connections stick to "
+                                 f"{trace.candidates[0].endpoint} until the timeout")
+                    f.evidence = pinned[0].rule
+        return trace
 
     def cluster_cidrs(self) -> list[str]:
         """The pod CIDRs kube-proxy's masquerade rules exempt (its local-traffic detector).
@@ -177,9 +190,12 @@ class IptablesDataplane:
                            self.family)
 
 
-def parse_xt_recent(files: dict[str, str]) -> dict[str, set[str]]:
-    """/proc/net/xt_recent/<list> contents -> the client IPs each affinity list remembers."""
-    return {name: set(re.findall(r"^src=(\S+)", text, re.M)) for name, text in files.items()}
+def parse_xt_recent(text: str) -> dict[str, set[str]]:
+    """`grep -H '' /proc/net/xt_recent/*` -> the client IPs each affinity list remembers."""
+    lists: dict[str, set[str]] = {}
+    for m in re.finditer(r"^/proc/net/xt_recent/([^:\s]+):src=(\S+)", text, re.M):
+        lists.setdefault(m.group(1), set()).add(m.group(2))
+    return lists
 
 
 def _dport(r: Rule) -> int | None:
