@@ -215,7 +215,6 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, target, namespace, node, source_ip))
     namespace = namespace or snap.meta.get("namespace")  # live: the context's namespace
-    source_ip = source_ip or (snap.meta.get("client") or {}).get("ip")  # the --from pod's IP
     req = Request(target, namespace, to, protocol, source_ip, source_port, from_host, node,
                   node_ips)
     traces = run_trace(snap, req)

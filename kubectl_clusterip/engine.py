@@ -159,12 +159,17 @@ def _resolve_from_api(snap: Snapshot, dps: list[Dataplane], ns: str, name: str,
     return out
 
 
-def default_source(dp: Dataplane, avoid: set[str], node: Node,
-                   from_host: bool) -> tuple[str, str]:
+def default_source(dp: Dataplane, avoid: set[str], node: Node, from_host: bool,
+                   dst: str) -> tuple[str, str]:
     """A client address for the trace, and how it was chosen (the report says so)."""
     if from_host:
+        # A host process gets the source of the route toward the Service, as the kernel picks.
+        src = node.source_toward(dst)
+        if src:
+            return src, f"the node's source address toward {dst} (its route)"
         for a in node.addresses:
-            if ipaddress.ip_address(a.ip).version == dp.family and not a.ip.startswith("127."):
+            if ipaddress.ip_address(a.ip).version == dp.family and not \
+                    ipaddress.ip_address(a.ip).is_loopback:
                 return a.ip, f"the node address {a.ip}"
     for cidr in dp.cluster_cidrs():
         net = ipaddress.ip_network(cidr, strict=False)
@@ -204,14 +209,14 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
                 ipaddress.ip_address(client).version == t.dataplane.family:
             src, why = client, f"the client pod {snap.meta['client'].get('pod') or ''}".rstrip()
         else:
-            src, why = default_source(t.dataplane, set(), ctx, req.from_host)
+            src, why = default_source(t.dataplane, set(), ctx, req.from_host, t.ip)
         packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
         trace = t.dataplane.trace(packet, ctx)
         endpoints = {c.ip for c in trace.candidates}
         if why and src in endpoints and not req.from_host:
             # The assumed client happens to be an endpoint: pick one that is not, rather than
             # report a hairpin nobody asked about.
-            src, why = default_source(t.dataplane, endpoints, ctx, req.from_host)
+            src, why = default_source(t.dataplane, endpoints, ctx, req.from_host, t.ip)
             packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
             trace = t.dataplane.trace(packet, ctx)
         if trace.service is None and t.service:

@@ -141,3 +141,12 @@ def test_affinity_state_in_a_snapshot_pins_the_client(tmp_path):
     other = json.loads(run("trace", "shop/web", "--snapshot", str(snap), "--source-ip",
                            "10.244.1.21", "-o", "json").output)
     assert len(other["dnat"]) == 2  # a client the list does not hold is still random
+
+
+def test_from_host_uses_the_nodes_route_source_not_the_client_pod():
+    doc = json.loads(run("trace", "default/my-service", "--snapshot", EXAMPLE, "--from-host",
+                         "-o", "json").output)
+    assert doc["request"]["source"]["ip"] == "172.18.0.2"  # eth0: the default route's device
+    assert doc["steps"][0]["chain"] == "OUTPUT"
+    assert {d["ip"]: d["snatIP"] for d in doc["dnat"]} == {"10.244.1.2": "10.244.1.1",
+                                                          "10.244.2.2": "172.18.0.2"}
