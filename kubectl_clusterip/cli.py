@@ -179,7 +179,8 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
 @click.option("-n", "--namespace", help="Namespace of TARGET when it has none.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), help="Protocol (default: tcp, or "
               "the service port's own).")
-@click.option("--source-ip", metavar="IP", help="Client address (default: a pod address).")
+@click.option("--source-ip", metavar="IP", help="Client address (default: the --from or "
+              "captured client pod, else an assumed pod address).")
 @click.option("--source-port", type=click.IntRange(1, 65535), default=51234, show_default=True,
               help="Client port.")
 @click.option("--from-host", is_flag=True, help="The client is a host-network process: the "
@@ -196,8 +197,10 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     """Trace one request to a Service through the node's kube-proxy rules.
 
     \b
-    TARGET is NAMESPACE/NAME[:PORT] (or NAME with -n); without a snapshot it is found
-    through kube-proxy's rule comments. Or give --to IP:PORT.
+    TARGET is NAMESPACE/NAME[:PORT] (or NAME with -n), read from the cluster or the
+    snapshot; with bare --rules-file dumps it is found through kube-proxy's rule
+    comments. Or give --to IP:PORT. Without --snapshot or --rules-file the live
+    cluster of your kubeconfig is asked.
 
     \b
     Examples:
@@ -210,7 +213,8 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
 
     \b
     Exit codes: 0 the request reaches an endpoint, 1 a step is broken (an error-level
-    finding), 2 the trace could not be made (bad usage or input).
+    finding), 2 the trace could not be made (bad usage or input, missing service, API
+    or debug pod failure).
     """
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, target, namespace, node, source_ip))
