@@ -16,6 +16,9 @@ from kubectl_clusterip.model import ClusterIPError
 from kubectl_clusterip.nftables.dataplane import NftablesDataplane, svc_port_name_from_chain
 from kubectl_clusterip.nftables.expected import listing, listing_json
 from kubectl_clusterip.nftables.parse import (
+    _TOKEN,
+    _Tokens,
+    gc_paused,
     parse_duration,
     parse_json,
     parse_rule_text,
@@ -1165,3 +1168,93 @@ def test_iptables_nft_tables_are_not_nftables_mode():
     with pytest.raises(ClusterIPError, match="no kube-proxy rules"):
         build_dataplanes([("nft.txt", listing("add table inet filter\n"
                                               "add chain inet filter input\n"))])
+
+
+# --------------------------------------------------------------------------- fast paths
+
+ELEMENTS_TEXT = """\
+table ip kube-proxy {
+    map service-ips {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        elements = { 110.96.0.1 . tcp . 80 : goto a,
+                     10.96.0.1 . udp . 80 : goto b, 10.96.0.1 . tcp . 80 : goto c,
+                     10.96.0.2 . tcp . 0x50 : goto d, 10.96.0.3 . tcp . 80 : drop }
+    }
+    set cidrs {
+        type ipv4_addr
+        flags interval
+        elements = { 10.96.0.0/16, 10.244.0.1 }
+    }
+    map with-options {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        elements = { 10.96.0.4 . tcp . 80 timeout 3h : goto e, 10.96.0.5 . tcp . 80 : goto f }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("service-ips", ("10.96.0.1", "tcp", 80)),  # not the 110.96.0.1 element's tail
+    ("service-ips", ("10.96.0.1", "udp", 80)),
+    ("service-ips", ("10.96.0.3", "tcp", 80)),  # a plain verdict
+    ("service-ips", ("10.96.0.2", "tcp", 80)),  # spelled 0x50: found by the full parse
+    ("service-ips", ("10.96.0.9", "tcp", 80)),  # a miss
+    ("service-ips", ("0.1 . tcp", 80)),
+    ("cidrs", "10.244.0.1"),
+    ("cidrs", "10.96.3.3"),  # only the prefix matches
+    ("with-options", ("10.96.0.4", "tcp", 80)),
+    ("with-options", ("10.96.0.5", "tcp", 80)),
+])
+def test_text_lookup_before_and_after_the_full_parse_agree(name: str, key):
+    """A lookup on unparsed element text answers exactly as the parsed elements do."""
+    first = parse_text(ELEMENTS_TEXT).table("ip", "kube-proxy").sets[name]
+    full = parse_text(ELEMENTS_TEXT).table("ip", "kube-proxy").sets[name]
+    assert full.elements  # parsed in full first
+    a, b = first.lookup(key), full.lookup(key)
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert (a.key, a.value, a.comment, a.expires) == (b.key, b.value, b.comment, b.expires)
+
+
+def test_text_lookup_hit_does_not_parse_the_other_elements():
+    svc = parse_text(ELEMENTS_TEXT).table("ip", "kube-proxy").sets["service-ips"]
+    e = svc.lookup(("10.96.0.1", "tcp", 80))
+    assert e is not None and e.value == {"goto": {"target": "c"}}
+    assert svc._elements is None  # still text: the next lookup can do the same
+
+
+@pytest.mark.parametrize("rule", [
+    "ip saddr 10.244.0.1 jump mark-for-masquerade",
+    "meta l4proto tcp dnat to 10.244.0.1:8080",
+    'ip daddr 10.96.0.0/12 drop comment "Drop traffic, to unallocated ClusterIPs"',
+    "ct state established,related accept",
+    "numgen random mod 2 vmap { 0 : goto a, 1 : goto b }",
+    "ip saddr\t10.0.0.1  \u2003 drop",
+])
+def test_plain_rules_tokenise_like_the_regex(rule: str):
+    assert _Tokens(rule).toks == [*_TOKEN.findall(rule), None, None]
+
+
+def test_text_rules_with_handles():
+    """`nft -a list ruleset`: the handle is cut off the rule text and kept."""
+    text = ("table ip t { # handle 3\n\tchain c { # handle 7\n"
+            "\t\tip saddr 10.0.0.1 counter packets 0 bytes 0 drop # handle 9\n"
+            "\t\tip daddr 10.0.0.2 accept\n"
+            "\t\tip daddr 10.0.0.3 accept #  handle  11 \n\t}\n}\n")
+    ch = parse_text(text).table("ip", "t").chains["c"]
+    assert ch.handle == 7
+    assert [(r.handle, r.text) for r in ch.rules] == [
+        (9, "ip saddr 10.0.0.1 counter packets 0 bytes 0 drop"),
+        (None, "ip daddr 10.0.0.2 accept"), (11, "ip daddr 10.0.0.3 accept")]
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()

@@ -21,7 +21,7 @@ from kubectl_clusterip.model import (
     Trace,
     select_service,
 )
-from kubectl_clusterip.nftables.parse import Ruleset, Table, parse_ruleset
+from kubectl_clusterip.nftables.parse import Ruleset, Table, gc_paused, parse_ruleset
 from kubectl_clusterip.nftables.walk import Walker
 from kubectl_clusterip.trace import assemble
 
@@ -135,6 +135,10 @@ class NftablesDataplane:
         return self._services
 
     def _read_services(self, service: str | None = None) -> list[ServicePort]:
+        with gc_paused():  # tens of thousands of chains' rules are parsed and dropped again
+            return self._walk_services(service)
+
+    def _walk_services(self, service: str | None) -> list[ServicePort]:
         t = self.table
         if t is None:
             return []
