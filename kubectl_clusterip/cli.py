@@ -111,12 +111,22 @@ def rules_source_options(f):
     return f
 
 
+def color_option(default: str | None):
+    """--color before or after the subcommand, as kubectl users place global flags."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:  # a subcommand's unset flag leaves the group's choice alone
+            style.click_callback(ctx, param, value)
+
+    return click.option("--color", type=click.Choice(style.MODES), default=default,
+                        show_default=default is not None, expose_value=False, is_eager=True,
+                        callback=callback, help="Color the text report: auto colors a "
+                        "terminal unless NO_COLOR is set.")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="kubectl clusterip",
                       message="%(prog)s %(version)s")
-@click.option("--color", type=click.Choice(style.MODES), default="auto", show_default=True,
-              expose_value=False, is_eager=True, callback=style.click_callback,
-              help="Color the text report: auto colors a terminal unless NO_COLOR is set.")
+@color_option("auto")
 def main() -> None:
     """Trace and diagnose Kubernetes ClusterIP Services.
 
@@ -174,6 +184,7 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
 
 @main.command(short_help="Trace one request to a Service, step by step.")
 @click.argument("target", required=False)
+@color_option(None)
 @rules_source_options
 @click.option("--to", "to", metavar="IP:PORT", help="Trace a request to this address.")
 @click.option("-n", "--namespace", help="Namespace of TARGET when it has none.")
@@ -233,6 +244,7 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
 
 @main.command(short_help="Show the service ports kube-proxy programs on a node.")
 @click.argument("target", required=False)
+@color_option(None)
 @rules_source_options
 @click.option("-n", "--namespace", help="Only services in this namespace.")
 @click.option("--node", "node", metavar="NODE", help="The node of the snapshot to show.")

@@ -83,6 +83,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
         'args': ['target'],
         'options': {
             '--cluster': 'cluster',
+            '--color': ('auto', 'always', 'never'),
             '--conntrack': 'flag',
             '--context': 'context',
             '--dns-server': 'value',
@@ -109,6 +110,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
         'args': ['target'],
         'options': {
             '--cluster': 'cluster',
+            '--color': ('auto', 'always', 'never'),
             '--conntrack': 'flag',
             '--context': 'context',
             '--dns-server': 'value',
