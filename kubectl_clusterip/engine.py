@@ -207,7 +207,7 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
                                      f"like {t.ip}")
         elif client and not req.from_host and \
                 ipaddress.ip_address(client).version == t.dataplane.family:
-            src, why = client, f"the client pod {snap.meta['client'].get('pod') or ''}".rstrip()
+            src, why = client, ""  # the captured client pod: known, not assumed
         else:
             src, why = default_source(t.dataplane, set(), ctx, req.from_host, t.ip)
         packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)

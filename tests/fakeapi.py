@@ -3,6 +3,8 @@
 It serves GET/LIST of services, endpointslices, pods, nodes, configmaps and daemonsets,
 POST/DELETE of pods, pod status transitions, pods/<name>/log, and Status objects for 403
 and 404, so the real client, kubeconfig loading and error handling run over a socket.
+The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoken too
+(tests/fakews.py) once a test says what is behind them; until then they answer 400.
 
     with FakeCluster() as fc:                   # listens on 127.0.0.1:<ephemeral>
         fc.add(service(...)); fc.add(pod(...))  # any object dicts (kind and metadata set)
@@ -10,6 +12,8 @@ and 404, so the real client, kubeconfig loading and error handling run over a so
         fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail"
         fc.log_for = lambda pod: "..."          # the created pod's log
         fc.write_kubeconfig(tmp_path / "kubeconfig")
+        fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError
+        fc.port_forward_to = lambda pod, port: ("127.0.0.1", 5353)   # a real TCP server
         fc.requests                             # [(method, path, query), ...]
         fc.api_requests()                       # the same without pod status polling
 """
@@ -17,6 +21,8 @@ and 404, so the real client, kubeconfig loading and error handling run over a so
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,11 +30,17 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+from fakews import OP_CLOSE, ServerWebSocket, choose_protocol, handshake
 
 PLURALS = {"services": "Service", "pods": "Pod", "nodes": "Node", "configmaps": "ConfigMap",
            "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet",
            "namespaces": "Namespace"}
 API_VERSIONS = {"EndpointSlice": "discovery.k8s.io/v1", "DaemonSet": "apps/v1"}
+# What the kubelet's websocket streams accept (remotecommand; portforward/websocket.go).
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
+                  "v2.channel.k8s.io", "channel.k8s.io")
+PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io",)
+ExecResult = tuple[int, str, str]  # exit code, stdout, stderr
 
 
 def status(code: int, reason: str, message: str) -> dict:
@@ -76,6 +88,11 @@ class FakeCluster:
         self.polls_until_done = 2
         self.created: list[dict] = []
         self.deleted: list[str] = []
+        self.exec_for: Callable[[dict, list[str]], ExecResult] | None = None
+        self.port_forward_to: Callable[[dict, int], tuple[str, int]] | None = None
+        self.execs: list[dict] = []  # {"pod", "container", "command", "protocol"}
+        self.forwards: list[dict] = []  # {"pod", "ports", "protocol"}
+        self._streams: set[socket.socket] = set()  # open websockets and upstreams
         self._polls: dict[str, int] = {}
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -136,6 +153,12 @@ class FakeCluster:
             def _handle(self, method: str) -> None:
                 u = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(u.query).items()}
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    with fake._lock:
+                        fake.requests.append((method, u.path, query))
+                    self.close_connection = True
+                    fake.upgrade(self, u.path, parse_qs(u.query))
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null") if length else None
                 with fake._lock:
@@ -164,6 +187,13 @@ class FakeCluster:
         assert self.server is not None
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            streams = list(self._streams)
+        for s in streams:  # wake any stream thread still reading: it ends at once
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # -- the API ----------------------------------------------------------------------
     def route(self, method: str, path: str, query: dict, body: dict | None
