@@ -12,7 +12,8 @@ The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoke
         fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail"
         fc.log_for = lambda pod: "..."          # the created pod's log
         fc.write_kubeconfig(tmp_path / "kubeconfig")
-        fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError
+        fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError,
+                                                # DropConnection
         fc.port_forward_to = lambda pod, port: ("127.0.0.1", 5353)   # a real TCP server
         fc.requests                             # [(method, path, query), ...]
         fc.api_requests()                       # the same without pod status polling
@@ -30,7 +31,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import yaml
-from fakews import OP_CLOSE, ServerWebSocket, choose_protocol, handshake
+from fakews import OP_CLOSE, ProtocolError, ServerWebSocket, choose_protocol, handshake
 
 PLURALS = {"services": "Service", "pods": "Pod", "nodes": "Node", "configmaps": "ConfigMap",
            "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet",
@@ -41,6 +42,14 @@ EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
                   "v2.channel.k8s.io", "channel.k8s.io")
 PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io",)
 ExecResult = tuple[int, str, str]  # exit code, stdout, stderr
+
+
+class DropConnection(Exception):
+    """Raised by exec_for: send `stdout`, then cut the connection without a Status."""
+
+    def __init__(self, stdout: str = "") -> None:
+        super().__init__("connection dropped")
+        self.stdout = stdout
 
 
 def status(code: int, reason: str, message: str) -> dict:
@@ -128,6 +137,15 @@ class FakeCluster:
         """Requests beside polling the debug pod's status."""
         return [(m, p) for m, p, q in self.requests
                 if not (m == "GET" and "/pods/clusterip-debug-" in p and not p.endswith("/log"))]
+
+    def streams_closed(self, timeout: float = 3.0) -> bool:
+        """Whether every websocket (and port-forward upstream) has ended, waiting a little:
+        the client closes a port-forward from its own thread."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self._streams and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._streams
 
     def pods_left(self) -> list[str]:
         return [n for (p, _ns, n) in self.objects if p == "pods" and n.startswith("clusterip-")]
@@ -275,6 +293,162 @@ class FakeCluster:
                 {"name": "debug", "ready": False, "image": image,
                  "state": {"terminated": {"exitCode": code,
                                           "reason": "Error" if code else "Completed"}}}]}
+
+
+    # -- websockets: exec and port-forward ---------------------------------------------
+    def upgrade(self, h: BaseHTTPRequestHandler, path: str, query: dict[str, list[str]]
+                ) -> None:
+        """An upgrade request: refused as the API server would (403, 404, 400), or
+        answered 101 and served until either side closes."""
+        parts = [p for p in path.split("/") if p]
+        sub = parts[6] if len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
+            and parts[4] == "pods" else None
+        if sub not in ("exec", "portforward"):
+            return self._refuse(h, 400, "BadRequest", f"{path}: no websocket here")
+        ns, name = parts[3], parts[5]
+        resource = f"pods/{sub}"
+        if ("create", resource, ns) in self.forbidden or ("create", resource, "") in \
+                self.forbidden:
+            return self._refuse(h, 403, "Forbidden", f'{resource} is forbidden: User "fake" '
+                                f'cannot create resource "{resource}" in API group "" in the '
+                                f'namespace "{ns}"')
+        pod_obj = self.objects.get(("pods", ns, name))
+        if pod_obj is None:
+            return self._refuse(h, 404, "NotFound", f'pods "{name}" not found')
+        hook = self.exec_for if sub == "exec" else self.port_forward_to
+        if hook is None:
+            return self._refuse(h, 400, "BadRequest", f"{sub}: upgrade request required")
+        if sub == "exec" and not any(query.get(k, ["false"])[0].lower() == "true"
+                                     for k in ("stdin", "stdout", "stderr")):
+            return self._refuse(h, 400, "BadRequest",
+                                "you must specify at least 1 of stdin, stdout, stderr")
+        protocol = choose_protocol(h.headers.get("Sec-WebSocket-Protocol"),
+                                   EXEC_PROTOCOLS if sub == "exec" else PORTFORWARD_PROTOCOLS)
+        key = h.headers.get("Sec-WebSocket-Key")
+        if protocol is None or not key or h.headers.get("Sec-WebSocket-Version") != "13":
+            return self._refuse(h, 400, "BadRequest", "websocket: bad handshake or no "
+                                "subprotocol in common")
+        handshake(h.wfile, key, protocol)
+        ws = ServerWebSocket(h.connection, h.rfile)
+        with self._lock:
+            self._streams.add(h.connection)
+        try:
+            if sub == "exec":
+                self._exec(ws, pod_obj, query, protocol)
+            else:
+                self._forward(ws, pod_obj, query, protocol)
+        except (OSError, EOFError):  # the client went away: the stream just ends
+            pass
+        except ProtocolError:
+            ws.close(1002)
+        finally:
+            with self._lock:
+                self._streams.discard(h.connection)
+
+    @staticmethod
+    def _refuse(h: BaseHTTPRequestHandler, code: int, reason: str, message: str) -> None:
+        h._send(code, status(code, reason, message))  # type: ignore[attr-defined]
+
+    def _exec(self, ws: ServerWebSocket, pod_obj: dict, query: dict[str, list[str]],
+              protocol: str) -> None:
+        """Run the test's callable for the command; stdout on channel 1, stderr on 2, the
+        v1 Status on 3 (Success, NonZeroExitCode, or InternalError), then close."""
+        assert self.exec_for is not None
+        md = pod_obj["metadata"]
+        command = query.get("command", [])
+        with self._lock:
+            self.execs.append({"pod": f"{md['namespace']}/{md['name']}", "command": command,
+                               "container": query.get("container", [None])[0],
+                               "protocol": protocol})
+        try:
+            rc, out, err = self.exec_for(pod_obj, command)
+            st: dict = {"metadata": {}, "status": "Success"}
+        except DropConnection as e:  # a dying node: some output, then the socket ends
+            ws.send_channel(1, e.stdout.encode())
+            ws.sock.shutdown(socket.SHUT_RDWR)
+            return
+        except Exception as e:  # the runtime could not start the command at all
+            rc, out, err = -1, "", ""
+            why = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
+            st = {"metadata": {}, "status": "Failure", "reason": "InternalError", "code": 500,
+                  "message": f"Internal error occurred: error executing command in container: "
+                             f"{why}", "details": {"causes": [{"message": why}]}}
+        if rc > 0:
+            st = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                  "message": f"command terminated with non-zero exit code: error executing "
+                             f"command {command}, exit code {rc}",
+                  "details": {"causes": [{"reason": "ExitCode", "message": str(rc)}]}}
+        if out:
+            ws.send_channel(1, out.encode())
+        if err:
+            ws.send_channel(2, err.encode())
+        ws.send_channel(3, json.dumps(st).encode())
+        ws.close()
+        ws.wait_closed()
+
+    def _forward(self, ws: ServerWebSocket, pod_obj: dict, query: dict[str, list[str]],
+                 protocol: str) -> None:
+        """Each port's data channel (2i) relayed to the test's TCP server; its error channel
+        (2i+1) says why when that server cannot be reached. Both channels first carry the
+        port, 2 bytes little-endian. Ends when the client closes or an upstream does."""
+        assert self.port_forward_to is not None
+        ports = [int(p) for v in query.get("ports", []) for p in v.split(",") if p]
+        md = pod_obj["metadata"]
+        with self._lock:
+            self.forwards.append({"pod": f"{md['namespace']}/{md['name']}", "ports": ports,
+                                  "protocol": protocol})
+        for i, port in enumerate(ports):
+            for channel in (2 * i, 2 * i + 1):
+                ws.send_channel(channel, struct.pack("<H", port))
+        upstreams: list[socket.socket | None] = []
+        for i, port in enumerate(ports):
+            try:
+                up: socket.socket | None = socket.create_connection(
+                    self.port_forward_to(pod_obj, port), timeout=10)
+            except OSError as e:
+                up = None
+                ws.send_channel(2 * i + 1, f"error forwarding port {port} to pod "
+                                f"{md['name']}: {e}".encode())
+            upstreams.append(up)
+        with self._lock:
+            self._streams.update(u for u in upstreams if u)
+
+        def pump(channel: int, up: socket.socket) -> None:
+            try:
+                while data := up.recv(65536):
+                    ws.send_channel(channel, data)
+            except OSError:
+                pass
+            ws.close()  # the pod closed the port: the kubelet ends the stream
+
+        pumps = [threading.Thread(target=pump, args=(2 * i, up), daemon=True)
+                 for i, up in enumerate(upstreams) if up]
+        for t in pumps:
+            t.start()
+        try:
+            while True:
+                op, data = ws.recv()
+                if op == OP_CLOSE:
+                    break
+                channel, payload = (data[0], data[1:]) if data else (None, b"")
+                if channel is None or channel % 2 or channel // 2 >= len(ports):
+                    break  # only data channels carry client bytes
+                up = upstreams[channel // 2]
+                if up is not None and payload:
+                    up.sendall(payload)
+        finally:
+            for up in upstreams:
+                if up is not None:
+                    with self._lock:
+                        self._streams.discard(up)
+                    try:
+                        up.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    up.close()
+            for t in pumps:
+                t.join(5)
+            ws.close()
 
 
 # -- object builders --------------------------------------------------------------------

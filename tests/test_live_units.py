@@ -204,10 +204,16 @@ def test_the_real_script_runs_and_parses(tmp_path):
 
 # -- exec and port-forward (websockets) at the client boundary ------------------------------
 def test_via_kube_proxy_execs_the_script(api, mocker):
-    stream = mocker.patch("kubernetes.stream.stream", return_value="LOG")
+    ws = mocker.Mock(**{"is_open.return_value": False, "read_stdout.return_value": "LOG",
+                        "read_stderr.return_value": "",
+                        "read_channel.return_value": '{"status": "Success"}'})
+    stream = mocker.patch("kubernetes.stream.stream", return_value=ws)
     proxy = pod("kube-proxy-n1", "kube-system", "172.18.0.2", "n1")
     assert debugpod.exec_script(api, proxy, "iptables", "") == "LOG"
+    ws.read_channel.assert_called_once_with(3)
+    ws.close.assert_called_once()
     kwargs = stream.call_args.kwargs
+    assert kwargs["_preload_content"] is False  # the error channel is read, not dropped
     assert kwargs["container"] == "c" and kwargs["command"][:2] == ["sh", "-c"]
     assert "MODE='iptables'" in kwargs["command"][2]
 

@@ -9,7 +9,9 @@ that names what was refused, or `None` for a 404 where absence is an answer.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from kubectl_clusterip.cluster.kubeconfig import KubeConfig, client_configuration
@@ -196,3 +198,24 @@ def api_error(e: Any, what: str) -> ClusterIPError:
     detail = message or getattr(e, "reason", "") or "no message"
     return ClusterIPError(f"{what}: the API server answered {status} {reason}: {detail}".replace(
         "  ", " "))
+
+
+# websocket-client's refused upgrade, which kubernetes.stream wraps as ApiException(status=0).
+_HANDSHAKE = re.compile(r"Handshake status (\d{3}) ?(.*?)(?: -\+-\+- .*? -\+-\+- (.*))?\Z", re.S)
+
+
+def stream_error(e: BaseException, what: str) -> ClusterIPError | None:
+    """An exec or port-forward failure that is an HTTP answer, as api_error says it; None
+    when it is not (a connection or websocket error).
+
+    kubernetes.stream reports every failure as ApiException(status=0): a refused upgrade
+    (RBAC's 403 included) only in the reason, as `Handshake status 403 Forbidden -+-+-
+    {headers} -+-+- body`."""
+    if int(getattr(e, "status", 0) or 0):
+        return api_error(e, what)
+    m = _HANDSHAKE.match(str(getattr(e, "reason", None) or ""))
+    if m is None:
+        return None
+    body = m.group(3) if m.group(3) not in (None, "None") else None
+    return api_error(SimpleNamespace(status=int(m.group(1)), reason=m.group(2).strip(),
+                                     body=body), what)

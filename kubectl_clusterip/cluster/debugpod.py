@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kubectl_clusterip.cluster.api import Api
+from kubectl_clusterip.cluster.api import Api, stream_error
 from kubectl_clusterip.model import ClusterIPError
 
 DEFAULT_IMAGE = "nicolaka/netshoot:v0.13"  # public; iptables (both backends), nft, ipvsadm,
@@ -299,22 +299,65 @@ def _terminated(pod: dict) -> str:
 
 
 def exec_script(api: Api, pod: dict, mode: str, conntrack_args: str) -> str:
-    """--via kube-proxy: run the dump script inside the node's kube-proxy pod (no new pod)."""
+    """--via kube-proxy: run the dump script inside the node's kube-proxy pod (no new pod).
+
+    Stdout alone is the log (stderr would interleave with the sections); the error
+    channel's v1 Status says whether the command ran to a zero exit."""
     from kubernetes.stream import stream
 
     name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
     container = pod["spec"]["containers"][0]["name"]
     command = ["sh", "-c", f"MODE='{mode}' CT_ARGS='{conntrack_args}'\n{SCRIPT}"]
+    timeout = api.kc.timeout or 120
     api.calls += 1
     try:
-        return str(stream(api.core().connect_get_namespaced_pod_exec, name, ns,
-                          container=container, command=command, stdin=False, stdout=True,
-                          stderr=True, tty=False, _request_timeout=api.kc.timeout or 120))
+        ws = stream(api.core().connect_get_namespaced_pod_exec, name, ns,
+                    container=container, command=command, stdin=False, stdout=True,
+                    stderr=True, tty=False, _preload_content=False)
     except Exception as e:  # websocket and API errors arrive as many types
-        from kubernetes.client.exceptions import ApiException
-
-        from kubectl_clusterip.cluster.api import api_error
-        if isinstance(e, ApiException):
-            raise api_error(e, f"create pods/exec in namespace {ns}") from None
-        raise ClusterIPError(f"exec into {ns}/{name} failed: {str(e).splitlines()[0]}; "
+        refused = stream_error(e, f"create pods/exec in namespace {ns}")
+        if refused is not None:
+            raise refused from None
+        why = str(getattr(e, "reason", None) or e).strip().splitlines()[0]
+        raise ClusterIPError(f"exec into {ns}/{name} failed: {why}; "
                              "omit --via to use a debug pod") from None
+    try:
+        ws.run_forever(timeout=timeout)
+        if ws.is_open():
+            raise ClusterIPError(f"exec into {ns}/{name} still running after {timeout:g}s; "
+                                 "omit --via to use a debug pod")
+        out, err = ws.read_stdout(), ws.read_stderr()
+        failed = _exec_failure(ws.read_channel(3))
+    except ClusterIPError:
+        raise
+    except Exception as e:  # the connection dropped mid-stream: websocket-client's errors
+        raise ClusterIPError(f"exec into {ns}/{name} failed: {str(e) or type(e).__name__}; "
+                             "omit --via to use a debug pod") from None
+    finally:
+        ws.close(timeout=1)  # a hung peer does not get websocket-client's 3 s for its close
+    if failed:
+        last = err.strip().splitlines()[-1:] if isinstance(err, str) else []
+        raise ClusterIPError(f"exec into {ns}/{name} failed: {failed}"
+                             + (f" ({last[0]})" if last else "")
+                             + "; omit --via to use a debug pod")
+    return str(out)
+
+
+def _exec_failure(status: str) -> str | None:
+    """None when exec's error channel (a v1 Status) says Success or nothing, else why in
+    one line."""
+    import json
+
+    if not status.strip():
+        return None
+    try:
+        st = json.loads(status)
+    except ValueError:
+        return status.strip().splitlines()[0]
+    if not isinstance(st, dict) or st.get("status") == "Success":
+        return None
+    causes = (st.get("details") or {}).get("causes") or []
+    code = next((c.get("message") for c in causes if c.get("reason") == "ExitCode"), None)
+    if code is not None:  # the message quotes the whole script: the exit code says it all
+        return f"the script exited with code {code}"
+    return str(st.get("message") or st.get("reason") or "Failure").strip().splitlines()[0]

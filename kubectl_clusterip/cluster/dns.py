@@ -18,6 +18,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from kubectl_clusterip.cluster.api import Forbidden, stream_error
 from kubectl_clusterip.model import ClusterIPError
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -110,16 +111,27 @@ def port_forward_asker(api, pod: dict, timeout: float, port: int = 53) -> Iterat
                          ports=str(port))
         sock = pf.socket(port)
     except Exception as e:  # websocket errors, ApiException: many types, one line
-        status = getattr(e, "status", None)
-        if status == 403:
+        refused = stream_error(e, f"create pods/portforward in namespace {ns}")
+        if isinstance(refused, Forbidden):
             raise ClusterIPError(f"forbidden: you may not create pods/portforward in namespace "
                                  f"{ns}; pass --dns-server IP to ask a server directly"
                                  ) from None
-        why = str(getattr(e, "reason", None) or e).strip().splitlines()[0]
+        why = str(refused or getattr(e, "reason", None) or e).strip().splitlines()[0]
         why = why.split(" -+-+- ")[0]  # websocket-client appends headers and body
         raise ClusterIPError(f"port-forward to {ns}/{name} failed: {why}") from None
+    ask = tcp_asker(sock, timeout)
+
+    def ask_saying_why(q: dns.message.Message) -> dns.message.Message:
+        try:
+            return ask(q)
+        except (OSError, EOFError) as e:  # the kubelet says why on the port's error channel
+            why = pf.error(port)
+            if isinstance(why, str) and why.strip():
+                raise EOFError(f"port-forward error: {why.strip().splitlines()[0]}") from e
+            raise
+
     try:
-        yield tcp_asker(sock, timeout)
+        yield ask_saying_why
     finally:
         try:
             sock.close()
