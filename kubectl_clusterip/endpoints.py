@@ -278,6 +278,22 @@ def endpoints_for(
     return [found[k] for k in sorted(found)]
 
 
+def family_ports(services: list[dict], slices: list[dict], family: int,
+                 node_name: str) -> list[tuple[ServicePortInfo, str, list[EndpointInfo]]]:
+    """Each service port with a ClusterIP of this family, its ClusterIP and its endpoints,
+    in svcPortName order (kube-proxy's own order is Go map order, so any fixed one will do)."""
+    ports = [(info, cip) for svc in services for info in service_ports(svc)
+             if (cip := info.cluster_ip(family)) is not None]
+    ports.sort(key=lambda p: (p[0].svc_port_name, p[0].protocol))
+    by_service: dict[tuple[str, str], list[dict]] = {}  # endpoints_for scans what it is given
+    for sl in slices:
+        meta = sl.get("metadata") or {}
+        key = (meta.get("namespace") or "default", _labels(sl).get(LABEL_SERVICE_NAME, ""))
+        by_service.setdefault(key, []).append(sl)
+    return [(info, cip, endpoints_for(info, by_service.get((info.namespace, info.name), []),
+                                      family, node_name)) for info, cip in ports]
+
+
 @dataclass
 class Categorized:
     cluster: list[EndpointInfo] = field(default_factory=list)

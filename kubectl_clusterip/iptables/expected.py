@@ -21,8 +21,7 @@ from kubectl_clusterip.endpoints import (
     ServicePortInfo,
     canonical_ip,
     categorize,
-    endpoints_for,
-    service_ports,
+    family_ports,
 )
 from kubectl_clusterip.naming import (
     endpoint_chain,
@@ -225,15 +224,8 @@ def expected_chains(
     localhost_np = _localhost_nodeports(config, family, nodef)
     node_ip = nodef.primary_ip(family)
 
-    ports = []
-    for svc in services:
-        for info in service_ports(svc):
-            cip = info.cluster_ip(family)
-            if cip is not None:
-                ports.append((info, cip))
-    ports.sort(key=lambda p: (p[0].svc_port_name, p[0].protocol))
-    eps_by_port = [endpoints_for(info, slices, family, nodef.name) for info, _ in ports]
-    large = sum(len(e) for e in eps_by_port) > LARGE_CLUSTER_ENDPOINTS
+    ports = family_ports(services, slices, family, nodef.name)
+    large = sum(len(eps) for _, _, eps in ports) > LARGE_CLUSTER_ENDPOINTS
 
     filter_chains = ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD",
                      "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL"]
@@ -257,7 +249,7 @@ def expected_chains(
         return args if large else [*args, "-m", "comment", "--comment", comment]
 
     expected_ports = []
-    for (info, cip), eps in zip(ports, eps_by_port):
+    for info, cip, eps in ports:
         spn, proto = info.svc_port_name, info.protocol
         pm = f"-m {proto} -p {proto}"
         cat = categorize(info, eps, nodef.name, nodef.labels, prefer_same_node_gate, family)

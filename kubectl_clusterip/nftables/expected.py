@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from kubectl_clusterip.config import ProxyConfig
-from kubectl_clusterip.endpoints import EndpointInfo, categorize, endpoints_for, service_ports
+from kubectl_clusterip.endpoints import EndpointInfo, categorize, family_ports
 from kubectl_clusterip.iptables.expected import NodeFacts
 from kubectl_clusterip.model import join_host_port
 from kubectl_clusterip.naming import (
@@ -196,22 +196,7 @@ def expected_ruleset(
     lines = [f"add table {t}", f"delete table {t}"] if replace else []
     lines += _base(fam, t, layout, cidrs, _nodeport_ips(config, family, nodef), mark)
 
-    ports = []
-    for svc in services:
-        for info in service_ports(svc):
-            cip = info.cluster_ip(family)
-            if cip is not None:
-                ports.append((info, cip))
-    ports.sort(key=lambda p: (p[0].svc_port_name, p[0].protocol))
-    by_service: dict[tuple[str, str], list[dict]] = {}  # endpoints_for scans what it is given
-    for sl in slices:
-        meta = sl.get("metadata") or {}
-        key = (meta.get("namespace") or "default",
-               (meta.get("labels") or {}).get("kubernetes.io/service-name", ""))
-        by_service.setdefault(key, []).append(sl)
-    for info, cip in ports:
-        eps = endpoints_for(info, by_service.get((info.namespace, info.name), []), family,
-                            nodef.name)
+    for info, cip, eps in family_ports(services, slices, family, nodef.name):
         cat = categorize(info, eps, nodef.name, nodef.labels, prefer_same_node_gate, family)
         lines += _service_port(t, fam, info, cip, cat, not_local, local, config, nodef,
                                layout)
