@@ -14,6 +14,7 @@ from kubectl_clusterip.engine import (
     node_context,
     node_name,
     parse_target,
+    require_one_target,
     run_trace,
     service_ports,
 )
@@ -227,6 +228,7 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     finding), 2 the trace could not be made (bad usage or input, missing service, API
     or debug pod failure).
     """
+    require_one_target(target, to)
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, target, namespace, node, source_ip))
     namespace = namespace or snap.meta.get("namespace")  # live: the context's namespace

@@ -95,9 +95,16 @@ def node_context(snap: Snapshot, node: str, node_ips: tuple[str, ...]) -> Node:
     return replace(base, name=node or None, addresses=base.addresses + extra)
 
 
+def require_one_target(target: str | None, to: str | None) -> None:
+    """Checked before anything is fetched, so a usage slip never starts a debug pod."""
+    if target and to:
+        raise ClusterIPError("give a TARGET or --to IP:PORT, not both")
+    if not target and not to:
+        raise ClusterIPError("give a TARGET (NAMESPACE/NAME[:PORT]) or --to IP:PORT")
+
+
 def resolve(snap: Snapshot, dps: list[Dataplane], req: Request) -> list[Target]:
-    if bool(req.target) == bool(req.to):
-        raise ClusterIPError("give a TARGET (NAMESPACE/NAME[:PORT]) or --to IP:PORT, not both")
+    require_one_target(req.target, req.to)
     if req.to:
         ip, port = parse_host_port(req.to)
         family = ipaddress.ip_address(ip).version

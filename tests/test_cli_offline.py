@@ -150,3 +150,11 @@ def test_from_host_uses_the_nodes_route_source_not_the_client_pod():
     assert doc["steps"][0]["chain"] == "OUTPUT"
     assert {d["ip"]: d["snatIP"] for d in doc["dnat"]} == {"10.244.1.2": "10.244.1.1",
                                                           "10.244.2.2": "172.18.0.2"}
+
+
+def test_no_target_is_a_usage_error_before_any_cluster_is_asked(monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent")  # would fail differently if it were read
+    r = run("trace")
+    assert r.exit_code == 2 and "give a TARGET" in r.output and "KUBECONFIG" not in r.output
+    r = run("trace", "a/b", "--to", "10.0.0.1:80", "--rules-file", DUMP)
+    assert r.exit_code == 2 and "not both" in r.output
