@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kubectl_clusterip.model import join_host_port
 from kubectl_clusterip.naming import svc_port_name
@@ -301,6 +302,37 @@ class Categorized:
     all_reachable: list[EndpointInfo] = field(default_factory=list)
     has_any: bool = False
     topology_mode: str = ""  # "", "PreferSameZone" or "PreferSameNode"
+
+
+class PortPolicy(NamedTuple):
+    """Which chains a service port needs, from its traffic policies and its endpoints: the
+    same decisions in iptables and nftables mode, only the chain names differ."""
+
+    uses_cluster: bool  # the Cluster-policy chain (KUBE-SVC / service-…) is written
+    uses_local: bool  # the Local-policy chain (KUBE-SVL / local-…) is written
+    has_eps: bool
+    has_internal: bool  # ClusterIP traffic has somewhere to go (else REJECT / DROP)
+    has_external: bool
+    ext_ips: list[str]
+    lb_ips: list[str]
+    ranges: list[str]
+    uses_ext: bool  # externally reachable: the external chain is written
+    uses_fw: bool  # LB source ranges: the firewall chain is written
+
+
+def port_policy(info: ServicePortInfo, cat: Categorized, family: int) -> PortPolicy:
+    has_eps = cat.has_any
+    lb_ips, ranges = info.lb_ips_for(family), info.source_ranges_for(family)
+    return PortPolicy(
+        uses_cluster=bool(cat.cluster) and info.uses_cluster_endpoints(family),
+        uses_local=bool(cat.local) and info.uses_local_endpoints(family),
+        has_eps=has_eps,
+        has_internal=has_eps and not (info.internal_local and not cat.local),
+        has_external=has_eps and not (info.external_local and not cat.local),
+        ext_ips=info.external_ips_for(family), lb_ips=lb_ips, ranges=ranges,
+        uses_ext=has_eps and info.externally_accessible(family),
+        uses_fw=has_eps and bool(lb_ips) and bool(ranges),
+    )
 
 
 def topology_mode(

@@ -22,6 +22,7 @@ from kubectl_clusterip.endpoints import (
     canonical_ip,
     categorize,
     family_ports,
+    port_policy,
 )
 from kubectl_clusterip.naming import (
     endpoint_chain,
@@ -255,17 +256,10 @@ def expected_chains(
         cat = categorize(info, eps, nodef.name, nodef.labels, prefer_same_node_gate, family)
         cluster_chain, local_ch = service_chain(spn, proto), local_chain(spn, proto)
         ext_chain, fw_chain = external_chain(spn, proto), firewall_chain(spn, proto)
-        uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints(family)
-        uses_local = bool(cat.local) and info.uses_local_endpoints(family)
-        has_eps = cat.has_any
+        (uses_cluster, uses_local, has_eps, has_internal, has_external, ext_ips, lb_ips, ranges,
+         uses_ext, uses_fw) = port_policy(info, cat, family)
         internal_chain = local_ch if info.internal_local else cluster_chain
-        has_internal = has_eps and not (info.internal_local and not cat.local)
         external_policy = local_ch if info.external_local else cluster_chain
-        has_external = has_eps and not (info.external_local and not cat.local)
-        ext_ips, lb_ips = info.external_ips_for(family), info.lb_ips_for(family)
-        ranges = info.source_ranges_for(family)
-        uses_ext = has_eps and info.externally_accessible(family)
-        uses_fw = has_eps and bool(lb_ips) and bool(ranges)
         lb_target = fw_chain if uses_fw else ext_chain
         if not has_eps:
             int_target = ext_target = "REJECT"

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from kubectl_clusterip.config import ProxyConfig
-from kubectl_clusterip.endpoints import EndpointInfo, categorize, family_ports
+from kubectl_clusterip.endpoints import EndpointInfo, categorize, family_ports, port_policy
 from kubectl_clusterip.iptables.expected import NodeFacts
 from kubectl_clusterip.model import join_host_port
 from kubectl_clusterip.naming import (
@@ -211,17 +211,10 @@ def _service_port(t: str, fam: _Family, info, cip: str, cat, not_local: str | No
     cluster_chain, local_ch = nft_service_chain(spn, proto), nft_local_chain(spn, proto)
     ext_chain, fw_chain = nft_external_chain(spn, proto), nft_firewall_chain(spn, proto)
     family = 6 if ipx == "ip6" else 4
-    uses_cluster = bool(cat.cluster) and info.uses_cluster_endpoints(family)
-    uses_local = bool(cat.local) and info.uses_local_endpoints(family)
-    has_eps = cat.has_any
+    (uses_cluster, uses_local, has_eps, has_internal, has_external, ext_ips, lb_ips, ranges,
+     uses_ext, uses_fw) = port_policy(info, cat, family)
     internal_chain = local_ch if info.internal_local else cluster_chain
-    has_internal = has_eps and not (info.internal_local and not cat.local)
     external_policy = local_ch if info.external_local else cluster_chain
-    has_external = has_eps and not (info.external_local and not cat.local)
-    ext_ips, lb_ips = info.external_ips_for(family), info.lb_ips_for(family)
-    ranges = info.source_ranges_for(family)
-    uses_ext = has_eps and info.externally_accessible(family)
-    uses_fw = has_eps and bool(lb_ips) and bool(ranges)
     no_ep = "drop" if has_eps else "goto reject-chain"
     out: list[str] = []
     chains: list[tuple[str, list[str]]] = []
