@@ -72,17 +72,12 @@ def generate(services: int, endpoints: int) -> str:
 
 def kernel_form(text: str) -> str | None:
     """Load into a namespace and read back what iptables-save prints, when we can."""
+    from netlab import kernel_round_trip
+
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables-restore"):
         return None
-    ns = f"kc-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=text, text=True,
-                       check=True)
-        return subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], text=True,
-                              check=True, capture_output=True).stdout
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    (saved,) = kernel_round_trip(text, ["iptables-restore"], ["iptables-save"])
+    return saved
 
 
 def measure(what: str, path: str, vip: str) -> dict:

@@ -88,18 +88,11 @@ def generate(services: int, endpoints: int) -> str:
 
 def kernel_dumps(text: str) -> tuple[str, str]:
     """Load into a namespace and read back `nft -j list ruleset` and `nft list ruleset`."""
-    ns = f"kc-bench-nft-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        run = ["ip", "netns", "exec", ns, "nft"]
-        subprocess.run([*run, "-f", "-"], input=text, text=True, check=True)
-        js = subprocess.run([*run, "-j", "list", "ruleset"], text=True, check=True,
-                            capture_output=True).stdout
-        txt = subprocess.run([*run, "list", "ruleset"], text=True, check=True,
-                             capture_output=True).stdout
-        return js, txt
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    from netlab import kernel_round_trip
+
+    js, txt = kernel_round_trip(text, ["nft", "-f", "-"], ["nft", "-j", "list", "ruleset"],
+                                ["nft", "list", "ruleset"])
+    return js, txt
 
 
 def measure(what: str, path: str, vip: str) -> dict:

@@ -11,12 +11,13 @@ throwaway network namespace. Needs root and iptables; run from the repository ro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from netlab import kernel_round_trip
 
 from kubectl_clusterip.config import ProxyConfig
 from kubectl_clusterip.iptables.expected import expected_rules
@@ -166,15 +167,8 @@ def iptables_dump(objs: list[dict]) -> str:
     text = text.replace("*nat\n", "*nat\n" + nat_decl, 1)
     text = text.replace("COMMIT\n", KIND_NAT + "COMMIT\n") if text.count("COMMIT") == 1 else (
         text[: text.rindex("COMMIT\n")] + KIND_NAT + "COMMIT\n")
-    ns = f"kc-example-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=text, text=True,
-                       check=True)
-        return subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], text=True,
-                              check=True, capture_output=True).stdout
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    (saved,) = kernel_round_trip(text, ["iptables-restore"], ["iptables-save"])
+    return saved
 
 
 def ip_addr() -> list[dict]:

@@ -422,6 +422,20 @@ _open_labs: list[Lab] = []
 _lock = threading.Lock()
 
 
+def kernel_round_trip(text: str, load: Sequence[str], *dumps: Sequence[str]) -> list[str]:
+    """What each of `dumps` prints after `load` reads `text` in a throwaway namespace: the
+    kernel's own normalised form of a ruleset (needs root; the namespace is always removed)."""
+    ns = f"kc-{os.getpid()}-roundtrip"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        inside = ["ip", "netns", "exec", ns]
+        subprocess.run([*inside, *load], input=text, text=True, check=True)
+        return [subprocess.run([*inside, *d], text=True, check=True, capture_output=True).stdout
+                for d in dumps]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         try:
