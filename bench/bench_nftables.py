@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # netlab: the kernel round trip
 
 TARGETS = {"trace_s": 1.0, "trace_vs_baseline": 3.0, "rules_s": 5.0, "rss_mb": 300}
 
