@@ -19,7 +19,7 @@ CODES: dict[str, tuple[str, str]] = {
     "UndecidedMatch": ("warning", "rules"),
     "Hairpin": ("info", "reply"),
     "SessionAffinity": ("info", "dnat"),
-    # from the API objects and the expectation (diagnose.py)
+    # from the API objects and the expectation (diagnose/)
     "ServiceNotFound": ("error", "service"),
     "PortMismatch": ("error", "service"),
     "SelectorMatchesNoPods": ("error", "service"),
