@@ -15,16 +15,12 @@ from kubectl_clusterip.dumps import build_dataplanes, detect_format
 from kubectl_clusterip.model import ClusterIPError
 from kubectl_clusterip.nftables.dataplane import NftablesDataplane, svc_port_name_from_chain
 from kubectl_clusterip.nftables.expected import listing, listing_json
-from kubectl_clusterip.nftables.parse import (
-    _TOKEN,
-    _Tokens,
-    gc_paused,
-    parse_duration,
-    parse_json,
-    parse_rule_text,
-    parse_text,
-    render_rule,
-)
+from kubectl_clusterip.nftables.json_input import parse_json
+from kubectl_clusterip.nftables.render import render_rule
+from kubectl_clusterip.nftables.rule_text import _TOKEN, _Tokens, parse_rule_text
+from kubectl_clusterip.nftables.ruleset import gc_paused
+from kubectl_clusterip.nftables.text_input import parse_text
+from kubectl_clusterip.nftables.values import parse_duration
 
 # nft prints tabs; kept as 4 spaces here (long lines continued with a backslash).
 REAL_TEXT = """\

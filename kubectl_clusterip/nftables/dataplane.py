@@ -21,7 +21,8 @@ from kubectl_clusterip.model import (
     Trace,
     select_service,
 )
-from kubectl_clusterip.nftables.parse import Ruleset, Table, gc_paused, parse_ruleset
+from kubectl_clusterip.nftables.parse import parse_ruleset
+from kubectl_clusterip.nftables.ruleset import Ruleset, Table, gc_paused
 from kubectl_clusterip.nftables.walk import Walker
 from kubectl_clusterip.trace import assemble
 

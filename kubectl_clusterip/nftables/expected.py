@@ -432,7 +432,7 @@ def _listing_rule(rule: str) -> str:
 
 def listing_json(text: str) -> str:
     """`nft -j list ruleset` for a listing (same shapes nft 1.0 prints), via the text parser."""
-    from kubectl_clusterip.nftables.parse import parse_text
+    from kubectl_clusterip.nftables.text_input import parse_text
 
     rs = parse_text(text)
     items: list[dict] = [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]

@@ -17,7 +17,8 @@ from typing import Any
 
 from kubectl_clusterip.branch import Branch, canonical, in_cidr
 from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
-from kubectl_clusterip.nftables.parse import Chain, Rule, Table, value_matches
+from kubectl_clusterip.nftables.ruleset import Chain, Rule, Table
+from kubectl_clusterip.nftables.values import value_matches
 
 MAX_RULES_PER_WALK = 200_000
 MAX_DEPTH = 64
