@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from kubectl_clusterip import __version__, completion, style
+from kubectl_clusterip import __version__, style
 from kubectl_clusterip.dumps import read_text
 from kubectl_clusterip.engine import (
     Request,
@@ -281,4 +281,44 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
         click.echo(services_table(ports, wide=output == "wide"))
 
 
-main.add_command(completion.click_command())
+@main.command(short_help="Install the tab-completion hook for kubectl.")
+@click.option("--dir", "directory", metavar="DIR", type=click.Path(file_okay=False),
+              help="Install the hook here (default: beside kubectl-clusterip).")
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the hook script instead of installing it.")
+def completion(directory: str | None, print_only: bool) -> None:
+    """Install the kubectl_complete-clusterip hook: tab completion through kubectl.
+
+    \b
+    kubectl (>= 1.26) completes `kubectl clusterip <TAB>` by running an executable
+    named kubectl_complete-clusterip from PATH: subcommands, flags, namespaces,
+    services, nodes and pods (from the --snapshot, or the current context's cluster).
+    pip and pipx install it with the plugin; krew links only kubectl-clusterip, so
+    run this once after a krew install.
+
+    \b
+    Examples:
+      kubectl clusterip completion                      # beside kubectl-clusterip
+      kubectl clusterip completion --dir ~/.local/bin
+      kubectl clusterip completion --print > hook && chmod +x hook
+    """
+    from pathlib import Path
+
+    from kubectl_clusterip.completion import hook
+
+    if print_only:
+        click.echo(hook.hook_script(), nl=False)
+        return
+    where = Path(directory).expanduser() if directory else hook.default_dir()
+    packaged = None if directory else hook.packaged_hook(where)
+    if packaged:
+        click.echo(f"{packaged} is already installed (by pip or pipx); nothing to do")
+        return
+    try:
+        path = hook.install_hook(where)
+    except OSError as e:
+        raise ClusterIPError(f"cannot write {where / hook.HOOK}: {e.strerror}; choose "
+                             "another directory on PATH with --dir") from None
+    click.echo(f"wrote {path}")
+    if not hook.on_path(where):
+        click.echo(f"warning: {where} is not on PATH; kubectl will not find the hook", err=True)

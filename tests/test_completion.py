@@ -7,6 +7,7 @@ hook `kubectl clusterip completion` writes) -> names from a fake API server over
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from test_krew_install import find_kubectl
 
 from kubectl_clusterip import completion, style
 from kubectl_clusterip.cli import main as cli_main
-from kubectl_clusterip.completion import FILTER_DIRS, NOFILE, NOSPACE, complete
+from kubectl_clusterip.completion import FILTER_DIRS, NOFILE, NOSPACE, complete, sources
+from kubectl_clusterip.completion.generate import spec_from_click
+from kubectl_clusterip.completion.hook import HOOK
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "kind-my-service"
@@ -29,12 +32,12 @@ EXAMPLE = ROOT / "examples" / "kind-my-service"
 
 # -- the table matches the click commands ----------------------------------------------------
 def test_command_table_matches_click() -> None:
-    assert completion.COMMANDS == completion.spec_from_click(cli_main), (
+    assert completion.COMMANDS == spec_from_click(cli_main), (
         "the CLI changed: run `python -m kubectl_clusterip.completion --regenerate`")
 
 
 # -- what is offered, against a fixed source ---------------------------------------------------
-class FixedSource(completion.Source):
+class FixedSource(sources.Source):
     namespace = "default"
     data: ClassVar[dict] = {("namespaces", None): ["default", "kube-system"],
             ("services", "default"): ["my-service"], ("services", "kube-system"): ["kube-dns"],
@@ -177,7 +180,7 @@ def test_kubectl_completes_through_the_hook(kubectl: str, hook_env: dict[str, st
 
 def test_hook_answers_fast(hook_env: dict[str, str], cluster: fakeapi.FakeCluster) -> None:
     """The hook alone (no kubectl): start, read the kubeconfig, one GET, print."""
-    hook = Path(hook_env["PATH"].split(os.pathsep)[0]) / completion.HOOK
+    hook = Path(hook_env["PATH"].split(os.pathsep)[0]) / HOOK
     times = []
     for _ in range(5):
         t = time.perf_counter()
@@ -208,9 +211,62 @@ def test_completion_command(tmp_path: Path) -> None:
     assert "kubectl_clusterip.completion" in r.output
     r = runner.invoke(cli_main, ["completion", "--dir", str(tmp_path / "bin")])
     assert r.exit_code == 0, r.output
-    hook = tmp_path / "bin" / completion.HOOK
+    hook = tmp_path / "bin" / HOOK
     assert os.access(hook, os.X_OK)
     assert "not on PATH" in r.output  # stderr is mixed into output by CliRunner
+
+
+
+def test_cli_and_completion_do_not_import_each_other() -> None:
+    """The CLI loads the hook's modules only when `completion` runs; the hook never the CLI."""
+    code = ("import sys, kubectl_clusterip.cli; "
+            "print([m for m in sys.modules if m.startswith('kubectl_clusterip.completion')])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "[]\n", r.stdout + r.stderr
+
+
+# -- pip and pipx: the hook is a console script beside the plugin --------------------------------
+@pytest.fixture(scope="module")
+def pip_env(cluster: fakeapi.FakeCluster, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, str]:
+    """A real `pip install` of this source tree (a copy: the build writes beside it)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "kubectl_clusterip", src / "kubectl_clusterip",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path_factory.mktemp("site")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        "--no-build-isolation", "--no-index", "--target", str(target), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {"PATH": os.pathsep.join([str(target / "bin"), "/usr/bin", "/bin"]),
+            "PYTHONPATH": str(target), "HOME": str(target),
+            "KUBECONFIG": str(cluster.kubeconfig)}
+
+
+def test_pip_installs_the_hook_beside_the_plugin(pip_env: dict[str, str]) -> None:
+    bindir = Path(pip_env["PATH"].split(os.pathsep)[0])
+    assert sorted(p.name for p in bindir.iterdir()) == ["kubectl-clusterip", HOOK]
+    r = subprocess.run([str(bindir / HOOK), "trace", "kube-system/"], env=pip_env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout == "kube-system/kube-dns\n:4\n", r.stderr
+
+
+def test_kubectl_completes_right_after_pip_install(kubectl: str, pip_env: dict[str, str]
+                                                   ) -> None:
+    r = subprocess.run([kubectl, "__complete", "clusterip", "trace", "-n", ""], env=pip_env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.splitlines() == ["default", "kube-system", ":4"], r.stdout + r.stderr
+
+
+def test_completion_command_keeps_the_packaged_hook(pip_env: dict[str, str]) -> None:
+    bindir = Path(pip_env["PATH"].split(os.pathsep)[0])
+    before = (bindir / HOOK).read_bytes()
+    r = subprocess.run([str(bindir / "kubectl-clusterip"), "completion"], env=pip_env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "already installed" in r.stdout, r.stdout + r.stderr
+    assert (bindir / HOOK).read_bytes() == before
 
 
 # -- --color and style() --------------------------------------------------------------------------
