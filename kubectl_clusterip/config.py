@@ -11,9 +11,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import yaml
-
 from kubectl_clusterip.model import ClusterIPError
+from kubectl_clusterip.reads import load_yaml
 
 
 def _cidrs_of_family(cidrs: Iterable[str], family: int) -> list[str]:
@@ -63,10 +62,7 @@ class ProxyConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> ProxyConfig:
-        try:
-            doc = yaml.safe_load(text or "") or {}
-        except yaml.YAMLError as e:
-            raise ClusterIPError(f"kube-proxy config is not valid YAML: {e}") from e
+        doc = load_yaml(text or "", "kube-proxy config") or {}
         if not isinstance(doc, dict):
             raise ClusterIPError("kube-proxy config is not a KubeProxyConfiguration mapping")
         return cls.from_dict(doc)

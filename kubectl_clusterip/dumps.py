@@ -8,10 +8,9 @@ others rather than a special case.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 from typing import Protocol
 
+from kubectl_clusterip import reads
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
 from kubectl_clusterip.iptables.parse import looks_like_iptables, parse_iptables_save
 from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
@@ -38,29 +37,16 @@ class Dataplane(Protocol):
     def cluster_cidrs(self) -> list[str]: ...
 
 
-MAX_DUMP_BYTES = 512 * 1024 * 1024
-
-
 def read_text(path: str) -> str:
-    """A dump's text; `-` is stdin. Binary or unreadable input is a one-line error."""
+    """A dump's text; `-` is stdin. Bounded (kubectl_clusterip.reads); empty is an error."""
     try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ClusterIPError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ClusterIPError(f"{path}: is a directory (use --snapshot for a snapshot)") from None
-    except OSError as e:
-        raise ClusterIPError(f"{path}: cannot read: {e.strerror}") from None
-    if len(data) > MAX_DUMP_BYTES:
-        raise ClusterIPError(f"{path}: larger than {MAX_DUMP_BYTES >> 20} MiB")
-    if b"\0" in data[:65536]:
-        raise ClusterIPError(f"{path}: binary data, not a rule dump")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClusterIPError(f"{path}: not UTF-8 text, not a rule dump") from None
+        text = reads.read_text(path, what="a rule dump")
+    except ClusterIPError as e:
+        if str(e).endswith(": is a directory"):
+            raise ClusterIPError(f"{e} (use --snapshot for a snapshot)") from None
+        raise
     if not text.strip():
-        raise ClusterIPError(f"{path}: empty file")
+        raise ClusterIPError(f"{reads.shown(path)}: empty file")
     return text
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from kubectl_clusterip.model import Address, ClusterIPError, Node, Route
+from kubectl_clusterip.reads import MAX_INPUT_BYTES, load_yaml, read_text, shown
 
 # File name -> the command whose output it holds (the debug pod runs these).
 NODE_FILES = {
@@ -119,34 +120,42 @@ def _json_list(text: str) -> list[dict]:
 
 
 def load_snapshot(directory: str) -> Snapshot:
+    """A snapshot directory, every file read through the bounded reader (one budget in all)."""
     root = Path(directory)
     if not root.is_dir():
-        raise ClusterIPError(f"{directory}: not a snapshot directory")
+        raise ClusterIPError(f"{shown(directory)}: not a snapshot directory")
     meta_file, objects_file = root / "snapshot.yaml", root / "objects.yaml"
     if not meta_file.exists() and not (root / "nodes").is_dir():
-        raise ClusterIPError(f"{directory}: not a snapshot (no snapshot.yaml or nodes/)")
-    try:
-        meta = yaml.safe_load(meta_file.read_text()) or {} if meta_file.exists() else {}
-        listed = yaml.safe_load(objects_file.read_text()) or {} if objects_file.exists() else {}
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0]
-        raise ClusterIPError(f"{directory}: unreadable snapshot: {first}") from None
-    if not isinstance(meta, dict) or not isinstance(listed, dict):
-        raise ClusterIPError(f"{directory}: snapshot.yaml and objects.yaml must be mappings")
-    objects = listed.get("items") or []
+        raise ClusterIPError(f"{shown(directory)}: not a snapshot (no snapshot.yaml or nodes/)")
+    budget = _Budget()
+    meta = _yaml_file(meta_file, budget) if meta_file.exists() else {}
+    listed = _yaml_file(objects_file, budget) if objects_file.exists() else {}
     nodes: dict[str, NodeDumps] = {}
     nodes_dir = root / "nodes"
     if nodes_dir.is_dir():
         for d in sorted(p for p in nodes_dir.iterdir() if p.is_dir()):
-            files = {}
-            for f in sorted(d.iterdir()):
-                if f.is_file():
-                    try:
-                        files[f.name] = f.read_text()
-                    except (OSError, UnicodeDecodeError):
-                        raise ClusterIPError(f"{f}: unreadable (not UTF-8 text)") from None
+            files = {f.name: budget.read(f) for f in sorted(d.iterdir()) if not f.is_dir()}
             nodes[d.name] = NodeDumps(d.name, files)
-    return Snapshot(meta, objects, nodes, directory)
+    return Snapshot(meta, listed.get("items") or [], nodes, directory)
+
+
+class _Budget:
+    """All files of one snapshot together stay under the reader's limit."""
+
+    def __init__(self) -> None:
+        self.left = MAX_INPUT_BYTES
+
+    def read(self, path: Path) -> str:
+        text = read_text(str(path), limit=self.left)
+        self.left -= len(text)
+        return text
+
+
+def _yaml_file(path: Path, budget: _Budget) -> dict:
+    doc = load_yaml(budget.read(path), str(path)) or {}
+    if not isinstance(doc, dict):
+        raise ClusterIPError(f"{path}: expected a mapping, not {type(doc).__name__}")
+    return doc
 
 
 def write_snapshot(snap: Snapshot, directory: str) -> None:

@@ -113,7 +113,7 @@ def test_home_kubeconfig_is_the_fallback(tmp_path):
 
 def test_unreadable_kubeconfig(tmp_path):
     (tmp_path / "kc").write_text("clusters: [\n")
-    with pytest.raises(ClusterIPError, match="unreadable kubeconfig"):
+    with pytest.raises(ClusterIPError, match="not valid YAML"):
         load(ConnectionFlags(kubeconfig=str(tmp_path / "kc")), {})
 
 
@@ -126,3 +126,49 @@ def test_request_timeout(value, seconds):
 def test_request_timeout_rejects_nonsense():
     with pytest.raises(ClusterIPError, match="--request-timeout soon"):
         parse_timeout("soon")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("clusters: true\n", r"kc: clusters: expected a list of named entries, not True"),
+    ("contexts: {a: 1}\n", r"kc: contexts: expected a list"),
+    ("users: [3]\n", r"kc: users\[0\]: expected a mapping with name and user, not 3"),
+    ("clusters: [{name: [x]}]\n", r"kc: clusters\[0\]\.name: expected a name"),
+    ("clusters: [{name: c, cluster: yes}]\n", r"kc: clusters\[0\]\.cluster: expected a mapping"),
+    ("current-context: 7\n", r"kc: current-context: expected a name, not 7"),
+    ("a: [" * 120 + "\n", r"kc: nested deeper than 100 levels"),
+    ("current-context: x\ncontexts: [{name: x, context: {cluster: c}}]\n"
+     "clusters: [{name: c, cluster: {server: 'not a url'}}]\n",
+     r"kc: clusters\[0\]\.cluster\.server: not a url is not a URL"),
+    ("current-context: x\ncontexts: [{name: x, context: {cluster: c}}]\n"
+     "clusters: [{name: c, cluster: {server: 'https://h:99999'}}]\n", r"is not a URL"),
+    ("current-context: x\ncontexts: [{name: x, context: {cluster: c}}]\n"
+     "clusters: [{name: c, cluster: {}}]\n", r"kc: clusters\[0\]\.cluster\.server: missing"),
+    ("current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+     "clusters: [{name: c, cluster: {server: 'https://h'}}]\n"
+     "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1}}}]\n",
+     r"kc: users\[0\]\.user\.exec\.command: missing"),
+    ("current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+     "clusters: [{name: c, cluster: {server: 'https://h'}}]\n"
+     "users: [{name: u, user: {token: 12}}]\n", r"kc: users\[0\]\.user\.token: expected a string"),
+])
+def test_wrong_kubeconfig_shapes_are_one_line(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    Path("kc").write_text(text)
+    with pytest.raises(ClusterIPError, match=message) as e:
+        load(ConnectionFlags(kubeconfig="kc"), {})
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+def test_missing_files_in_a_kubeconfig_list_are_skipped_like_kubectl(two_files, tmp_path):
+    a, b = two_files
+    kc = load(ConnectionFlags(), {"KUBECONFIG": f"/nonexistent/x:{a}:{tmp_path}:{b}"})
+    assert kc.files == [a, b] and kc.context == "prod"
+
+
+def test_special_file_as_kubeconfig_is_refused(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ClusterIPError, match="not a regular file"):
+        load(ConnectionFlags(kubeconfig=str(tmp_path / "fifo")), {})
+    with pytest.raises(ClusterIPError, match="not a regular file"):
+        load(ConnectionFlags(kubeconfig="/dev/zero"), {})
