@@ -78,12 +78,16 @@ def live_options(f):
                            "show_default": True, "help": "Seconds to wait for the debug pod."}),
         ("--conntrack", {"is_flag": True, "help": "Also dump the node's conntrack entries "
                          "for the service IP."}),
+        ("--debug-namespace", {"metavar": "NS", "default": "kube-system", "show_default": True,
+                               "help": "Namespace of the debug pod (its Pod Security level "
+                               "must allow hostNetwork and NET_ADMIN)."}),
+        ("-q", {"is_flag": True, "help": "No progress line (errors and warnings only)."}),
     ]):
         if name == "--image":
             from kubectl_clusterip.cluster.debugpod import DEFAULT_IMAGE
             kw = {**kw, "default": DEFAULT_IMAGE}
-        dest = "client_pod" if name == "--from" else name[2:].replace("-", "_")
-        f = click.option(name, dest, **kw)(f)
+        dest = {"--from": "client_pod", "-q": "quiet"}.get(name, name[2:].replace("-", "_"))
+        f = click.option(*([name, "--quiet"] if name == "-q" else [name]), dest, **kw)(f)
     return f
 
 
@@ -95,10 +99,12 @@ def live_source(live: dict, target: str | None, namespace: str | None, node: str
         from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags
         flags = ConnectionFlags(live["kubeconfig"], live["context"], live["cluster"],
                                 live["user"], namespace, live["request_timeout"])
+        from kubectl_clusterip.statusline import StatusLine
         opts = LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
                            live["via"], live["dns_server"], live["pod_timeout"],
-                           live["conntrack"], dns)
-        return capture_snapshot(flags, opts, lambda m: click.echo(m, err=True))
+                           live["conntrack"], dns, live["debug_namespace"])
+        with StatusLine(quiet=bool(live["quiet"])) as progress:
+            return capture_snapshot(flags, opts, progress)
     return run
 
 

@@ -166,9 +166,17 @@ def _resolve_from_api(snap: Snapshot, dps: list[Dataplane], ns: str, name: str,
     return out
 
 
+def pod_cidrs(snap: Snapshot, node: str) -> list[str]:
+    """The node's podCIDRs from its Node object (empty when unknown)."""
+    obj = snap.get("Node", None, node) if node else None
+    spec = (obj or {}).get("spec") or {}
+    return [c for c in spec.get("podCIDRs") or [spec.get("podCIDR")] if c]
+
+
 def default_source(dp: Dataplane, avoid: set[str], node: Node, from_host: bool,
-                   dst: str) -> tuple[str, str]:
-    """A client address for the trace, and how it was chosen (the report says so)."""
+                   dst: str, node_cidrs: list[str] | None = None) -> tuple[str, str]:
+    """A client address for the trace, and how it was chosen (the report says so): a pod
+    of the node has an address in the node's podCIDR, else somewhere in the cluster's."""
     if from_host:
         # A host process gets the source of the route toward the Service, as the kernel picks.
         src = node.source_toward(dst)
@@ -178,12 +186,15 @@ def default_source(dp: Dataplane, avoid: set[str], node: Node, from_host: bool,
             if ipaddress.ip_address(a.ip).version == dp.family and not \
                     ipaddress.ip_address(a.ip).is_loopback:
                 return a.ip, f"the node address {a.ip}"
-    for cidr in dp.cluster_cidrs():
+    own = [(c, f"node {node.name}'s podCIDR") for c in node_cidrs or []]
+    for cidr, what in own + [(c, "the cluster CIDR") for c in dp.cluster_cidrs()]:
         net = ipaddress.ip_network(cidr, strict=False)
-        for offset in range(100, 200):
+        if net.version != dp.family:
+            continue
+        for offset in range(100, min(200, net.num_addresses - 1)):
             ip = str(net.network_address + offset)
             if ip not in avoid:
-                return ip, f"an assumed pod address in the cluster CIDR {cidr} (set --source-ip)"
+                return ip, f"an assumed pod address in {what} {cidr} (set --source-ip)"
     ip = "192.0.2.100" if dp.family == 4 else "2001:db8::100"
     return ip, "a placeholder: the rules name no cluster CIDR (set --source-ip)"
 
@@ -199,6 +210,7 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
         if not dps:
             raise
     ctx = node_context(snap, node, req.node_ips)
+    cidrs = pod_cidrs(snap, node)
     traces = []
     targets = resolve(snap, dps, req)
     if req.source_ip and len({t.dataplane.family for t in targets}) > 1:
@@ -216,14 +228,14 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
                 ipaddress.ip_address(client).version == t.dataplane.family:
             src, why = client, ""  # the captured client pod: known, not assumed
         else:
-            src, why = default_source(t.dataplane, set(), ctx, req.from_host, t.ip)
+            src, why = default_source(t.dataplane, set(), ctx, req.from_host, t.ip, cidrs)
         packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
         trace = t.dataplane.trace(packet, ctx)
         endpoints = {c.ip for c in trace.candidates}
         if why and src in endpoints and not req.from_host:
             # The assumed client happens to be an endpoint: pick one that is not, rather than
             # report a hairpin nobody asked about.
-            src, why = default_source(t.dataplane, endpoints, ctx, req.from_host, t.ip)
+            src, why = default_source(t.dataplane, endpoints, ctx, req.from_host, t.ip, cidrs)
             packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
             trace = t.dataplane.trace(packet, ctx)
         if trace.service is None and t.service:

@@ -3,18 +3,24 @@
 It serves GET/LIST of services, endpointslices, pods, nodes, configmaps and daemonsets,
 POST/DELETE of pods, pod status transitions, pods/<name>/log, and Status objects for 403
 and 404, so the real client, kubeconfig loading and error handling run over a socket.
+It refuses what a real kube-apiserver refuses: RBAC before existence (403), an invalid pod
+name or label (422), a name taken (409), a pod that violates its namespace's enforced Pod
+Security level (403 "violates PodSecurity"), the log of a container that never started
+(400). Its kubelet may reject a pod (Failed, OutOfmemory) or let its deadline pass first.
 The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoken too
 (tests/fakews.py) once a test says what is behind them; until then they answer 400.
 
     with FakeCluster() as fc:                   # listens on 127.0.0.1:<ephemeral>
         fc.add(service(...)); fc.add(pod(...))  # any object dicts (kind and metadata set)
         fc.forbid("create", "pods", "kube-system")
-        fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail"
+        fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail" | "rejected" | "deadline"
+                                                # or a callable: created pod -> one of those
         fc.log_for = lambda pod: "..."          # the created pod's log
         fc.write_kubeconfig(tmp_path / "kubeconfig")
         fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError,
                                                 # DropConnection
         fc.port_forward_to = lambda pod, port: ("127.0.0.1", 5353)   # a real TCP server
+        fc.add(namespace("kube-system", enforce="baseline"))  # Pod Security Admission
         fc.requests                             # [(method, path, query), ...]
         fc.api_requests()                       # the same without pod status polling
 """
@@ -22,6 +28,7 @@ The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoke
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -92,7 +99,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str, str], dict] = {}  # (plural, ns, name) -> object
         self.requests: list[tuple[str, str, dict]] = []
         self.forbidden: set[tuple[str, str, str]] = set()
-        self.debug_pod = "succeed"
+        self.debug_pod: str | Callable[[dict], str] = "succeed"
         self.log_for: Callable[[dict], str] = lambda pod: ""
         self.polls_until_done = 2
         self.created: list[dict] = []
@@ -249,6 +256,9 @@ class FakeCluster:
                          if p == plural and (not ns or n == ns)
                          and matches(o["metadata"].get("labels") or {},
                                      query.get("labelSelector"))]
+                for o in items:  # the kubelets move on between two lists, as between gets
+                    if plural == "pods" and o["metadata"]["name"].startswith("clusterip-"):
+                        self._advance(o)
                 items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
                          for o in items]
                 return 200, {"apiVersion": API_VERSIONS.get(PLURALS[plural], "v1"),
@@ -258,14 +268,35 @@ class FakeCluster:
             if obj is None:
                 return 404, status(404, "NotFound", f'{plural} "{name}" not found')
             if sub == "log":
+                if not started(obj):
+                    why = next((((c.get("state") or {}).get("waiting") or {}).get("reason")
+                                for c in obj["status"].get("containerStatuses") or []),
+                               None) or "ContainerCreating"
+                    return 400, status(400, "BadRequest", f'container "debug" in pod "{name}" '
+                                       f"is waiting to start: {why}")
                 return 200, self.log_for(obj)
-            if plural == "pods" and name.startswith("clusterip-debug-"):
+            if plural == "pods" and name.startswith("clusterip-"):
                 self._advance(obj)
             return 200, obj
 
     def _create(self, plural: str, ns: str, body: dict) -> tuple[int, dict]:
         md = body.setdefault("metadata", {})
         md.setdefault("namespace", ns)
+        invalid = invalid_metadata(md)
+        if invalid:
+            kind = PLURALS[plural]
+            return 422, {**status(422, "Invalid", f'{kind} "{md.get("name")}" is invalid: '
+                                  + ", ".join(f"{f}: {m}" for f, m in invalid)),
+                         "details": {"name": md.get("name"), "kind": plural, "causes": [
+                             {"reason": "FieldValueInvalid", "message": m, "field": f}
+                             for f, m in invalid]}}
+        if (plural, ns, md["name"]) in self.objects:
+            return 409, status(409, "AlreadyExists", f'{plural} "{md["name"]}" already exists')
+        if plural == "pods":
+            violation = pod_security_violation(self.objects.get(("namespaces", "", ns)), body)
+            if violation:
+                return 403, status(403, "Forbidden",
+                                   f'pods "{md["name"]}" is forbidden: {violation}')
         md.setdefault("uid", f"uid-{len(self.created)}")
         body["status"] = {"phase": "Pending"}
         self.objects[(plural, ns, md["name"])] = body
@@ -276,19 +307,33 @@ class FakeCluster:
         """The pod's life as the kubelet would show it, one step per status poll."""
         n = self._polls[pod["metadata"]["name"]] = self._polls.get(pod["metadata"]["name"], 0) + 1
         image = pod["spec"]["containers"][0]["image"]
+        mode = self.debug_pod(pod) if callable(self.debug_pod) else self.debug_pod
+        if mode == "rejected":  # the kubelet's admission: no container ever created
+            pod["status"] = {"phase": "Failed", "reason": "OutOfmemory", "message":
+                             "Pod was rejected: Node didn't have enough resource: memory, "
+                             "requested: 33554432, used: 8253734912, capacity: 8259219456"}
+            return
+        if mode == "deadline" and n >= self.polls_until_done:
+            pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded", "message":
+                             "Pod was active on the node longer than the specified deadline",
+                             "containerStatuses": [{"name": "debug", "ready": False,
+                                                    "image": image, "state": {"waiting": {
+                                                        "reason": "ContainerCreating"}}}]}
+            return
         waiting = {"pending": {"reason": "ContainerCreating"},
+                   "deadline": {"reason": "ContainerCreating"},
                    "imagepull": {"reason": "ErrImagePull" if n < 3 else "ImagePullBackOff",
                                  "message": f'Back-off pulling image "{image}"'}}
-        if self.debug_pod in waiting:
+        if mode in waiting:
             pod["status"] = {"phase": "Pending", "containerStatuses": [
                 {"name": "debug", "ready": False, "image": image,
-                 "state": {"waiting": waiting[self.debug_pod]}}]}
+                 "state": {"waiting": waiting[mode]}}]}
         elif n < self.polls_until_done:
             pod["status"] = {"phase": "Running", "containerStatuses": [
                 {"name": "debug", "ready": True, "image": image,
                  "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]}
         else:
-            code = 1 if self.debug_pod == "fail" else 0
+            code = 1 if mode == "fail" else 0
             pod["status"] = {"phase": "Failed" if code else "Succeeded", "containerStatuses": [
                 {"name": "debug", "ready": False, "image": image,
                  "state": {"terminated": {"exitCode": code,
@@ -451,7 +496,85 @@ class FakeCluster:
             ws.close()
 
 
+# -- what the API server refuses ----------------------------------------------------------
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+LABEL_VALUE_MSG = ("a valid label must be an empty string or consist of alphanumeric "
+                   "characters, '-', '_' or '.', and must start and end with an alphanumeric "
+                   "character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
+                   "validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+
+
+def invalid_metadata(md: dict) -> list[tuple[str, str]]:
+    """apimachinery's ValidateObjectMeta for a name and labels: (field, message) each."""
+    out = []
+    name = md.get("name") or ""
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(name):
+        out.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 '
+                    "subdomain must consist of lower case alphanumeric characters, '-' or "
+                    "'.', and must start and end with an alphanumeric character"))
+    for value in (md.get("labels") or {}).values():
+        if len(value) > 63:
+            out.append(("metadata.labels", f'Invalid value: "{value}": must be no more than '
+                        "63 characters"))
+        if not LABEL_VALUE.fullmatch(value):
+            out.append(("metadata.labels", f'Invalid value: "{value}": {LABEL_VALUE_MSG}'))
+    return out
+
+
+# The capabilities the baseline level lets a container add (pod-security-admission's
+# check_capabilities_baseline.go).
+BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                 "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+
+
+def pod_security_violation(ns_obj: dict | None, pod_obj: dict) -> str | None:
+    """What Pod Security Admission says of a pod in a namespace labelled
+    pod-security.kubernetes.io/enforce=baseline|restricted (None: admitted)."""
+    labels = ((ns_obj or {}).get("metadata") or {}).get("labels") or {}
+    level = labels.get("pod-security.kubernetes.io/enforce", "privileged")
+    if level == "privileged":
+        return None
+    version = labels.get("pod-security.kubernetes.io/enforce-version", "latest")
+    spec = pod_obj.get("spec") or {}
+    found = []
+    hosts = [f"{k}=true" for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
+    if hosts:
+        found.append(f"host namespaces ({', '.join(hosts)})")
+    for c in spec.get("containers") or []:
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append(f'privileged (container "{c["name"]}" must not set '
+                         "securityContext.privileged=true)")
+        extra = [x for x in (sc.get("capabilities") or {}).get("add") or []
+                 if x not in BASELINE_CAPS]
+        if extra:
+            found.append(f'non-default capabilities (container "{c["name"]}" must not include '
+                         + ", ".join(f'"{x}"' for x in extra)
+                         + " in securityContext.capabilities.add)")
+        if level == "restricted" and not sc.get("runAsNonRoot"):
+            found.append(f'runAsNonRoot != true (pod or container "{c["name"]}" must set '
+                         "securityContext.runAsNonRoot=true)")
+    if not found:
+        return None
+    return f'violates PodSecurity "{level}:{version}": {", ".join(found)}'
+
+
+def started(pod_obj: dict) -> bool:
+    """Whether a container of the pod ever ran: only then has it a log."""
+    return any((c.get("state") or {}).get("running") or (c.get("state") or {}).get("terminated")
+               for c in (pod_obj.get("status") or {}).get("containerStatuses") or [])
+
+
 # -- object builders --------------------------------------------------------------------
+def namespace(name: str, enforce: str | None = None) -> dict:
+    labels = {"kubernetes.io/metadata.name": name}
+    if enforce:
+        labels["pod-security.kubernetes.io/enforce"] = enforce
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels}}
+
+
 def service(name: str, ns: str, cluster_ip: str, ports: list[dict],
             selector: dict | None = None, **spec: object) -> dict:
     s: dict = {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
@@ -487,12 +610,14 @@ def pod(name: str, ns: str, ip: str, node: str, labels: dict | None = None,
                                        "status": "True" if ready else "False"}]}}
 
 
-def node(name: str, ip: str, control_plane: bool = False) -> dict:
-    labels = {"kubernetes.io/hostname": name}
+def node(name: str, ip: str, control_plane: bool = False, pod_cidr: str = "10.244.0.0/24"
+         ) -> dict:
+    # the kubelet's hostname label: a long FQDN node name keeps its first label
+    labels = {"kubernetes.io/hostname": name if len(name) <= 63 else name.split(".")[0][:63]}
     if control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "spec": {"podCIDR": "10.244.0.0/24"},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
             "status": {"addresses": [{"type": "InternalIP", "address": ip},
                                      {"type": "Hostname", "address": name}],
                        "conditions": [{"type": "Ready", "status": "True"}]}}

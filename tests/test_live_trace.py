@@ -66,8 +66,8 @@ def populate(fc: FakeCluster, endpoints: bool = True, selector: bool = True) -> 
         fc.add(pod("web-1", "default", "10.244.1.5", "n1", {"app": "web"}))
         fc.add(pod("web-2", "default", "10.244.1.6", "n1", {"app": "web"}))
     fc.add(pod("client", "default", "10.244.2.7", "n2", {"app": "client"}))
-    fc.add(node("n1", ADDR["n1"], control_plane=True))
-    fc.add(node("n2", ADDR["n2"]))
+    fc.add(node("n1", ADDR["n1"], control_plane=True, pod_cidr="10.244.1.0/24"))
+    fc.add(node("n2", ADDR["n2"], pod_cidr="10.244.2.0/24"))
     for n in ("n1", "n2"):
         fc.add(pod(f"kube-proxy-{n}", "kube-system", ADDR[n], n, {"k8s-app": "kube-proxy"}))
     fc.add(pod("coredns-abc", "kube-system", "10.244.1.2", "n1", {"k8s-app": "kube-dns"}))
@@ -106,10 +106,10 @@ def test_happy_path_traces_cross_node_and_cleans_up(cluster, tmp_path):
     populate(cluster)
     r = run(cluster, tmp_path, "trace", "web", "--pod-timeout", "10")
     assert r.exit_code == 0, r.output + r.stderr
-    assert "tracing on node n2: it runs no endpoint" in r.stderr
+    assert "from a pod on n2" in r.stdout  # a node without endpoints: the cross-node path
+    assert r.stderr.startswith("warning:")  # no progress when stderr is not a terminal
     assert "10.244.1.5:8080" in r.stdout and "10.244.1.6:8080" in r.stdout
     assert "50.0%" in r.stdout and "via 172.18.0.2" in r.stdout
-    assert "deleted debug pod kube-system/clusterip-debug-n2-" in r.stderr
     # the debug pod: least privilege, pinned, tolerating, self-ending, recognisable
     (created,) = cluster.created
     spec, c = created["spec"], created["spec"]["containers"][0]
@@ -208,7 +208,7 @@ def test_pod_stuck_pending_times_out_and_is_deleted(cluster, tmp_path):
     r = run(cluster, tmp_path, "trace", "web", "--pod-timeout", "1")
     assert time.monotonic() - t0 < 10
     assert_clean_error(r, cluster, "still Pending after 1s (ContainerCreating")
-    assert "deleted debug pod" in r.stderr and len(cluster.deleted) == 1
+    assert r.stderr.count("\n") == 1 and len(cluster.deleted) == 1  # the error alone
 
 
 def test_image_pull_failure(cluster, tmp_path):
@@ -237,7 +237,7 @@ def test_service_without_selector_with_manual_slices_is_traced(cluster, tmp_path
     populate(cluster, selector=False)
     r = run(cluster, tmp_path, "trace", "web")
     assert r.exit_code == 0, r.stderr
-    assert "no selector: its 1 EndpointSlice(s) are managed by hand" in r.stderr
+    assert "10.244.1.5:8080" in r.stdout
 
 
 def test_no_endpoints_is_traced_to_the_reject(cluster, tmp_path):
@@ -311,3 +311,82 @@ def test_sigterm_mid_run_deletes_the_pod(cluster, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 2 and cluster.pods_left() == [], err
+
+
+# -- the debug pod against an API server that refuses what a real one refuses --------------
+LONG_NODE = "ip-10-120-33-4.eu-central-1.compute.internal.nodepool-gen-pur1.k8s-prod"
+
+
+def test_a_node_name_longer_than_63_characters_is_traced(cluster, tmp_path):
+    """The pod's node label and name stay valid (the server answers 422 otherwise)."""
+    assert len(LONG_NODE) > 63
+    populate(cluster)
+    cluster.add(node(LONG_NODE, "172.18.0.9", pod_cidr="10.244.9.0/24"))
+    ADDR[LONG_NODE] = "172.18.0.9"
+    try:
+        r = run(cluster, tmp_path, "trace", "web", "--node", LONG_NODE)
+    finally:
+        del ADDR[LONG_NODE]
+    assert r.exit_code == 0, r.stderr
+    (created,) = cluster.created
+    label = created["metadata"]["labels"]["clusterip.kubectl.dev/node"]
+    assert len(label) <= 63 and label[-1].isalnum() and label.startswith("ip-10-120-33-4")
+    assert created["spec"]["nodeName"] == LONG_NODE and cluster.pods_left() == []
+
+
+def test_the_fake_refuses_an_invalid_label_as_a_real_server_does(cluster, tmp_path):
+    from kubectl_clusterip.cluster import debugpod
+    from kubectl_clusterip.cluster.api import Api, ApiError
+    from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags, load
+    api = Api(load(ConnectionFlags(str(tmp_path / "kubeconfig"))))
+    bad = debugpod.pod_spec("n1", "img")
+    bad["metadata"]["labels"]["clusterip.kubectl.dev/node"] = LONG_NODE[:63]  # ends in "."
+    with pytest.raises(ApiError, match=r"422 Invalid: Pod .* is invalid: metadata.labels: "
+                       "Invalid value") as e:
+        api.create_pod(bad)
+    assert e.value.status == 422 and not cluster.created
+
+
+def test_pod_security_refusal_names_the_level_and_what_works(cluster, tmp_path):
+    from fakeapi import namespace
+    populate(cluster)
+    cluster.add(namespace("kube-system", enforce="baseline"))
+    r = run(cluster, tmp_path, "trace", "web")
+    assert_clean_error(r, cluster, "namespace kube-system enforces the Pod Security level "
+                       "'baseline'")
+    assert "(RBAC)" not in r.stderr and "--debug-namespace NS" in r.stderr
+    assert "--via kube-proxy" in r.stderr and "hostNetwork=true" in r.stderr
+    assert not [m for m, _, _ in cluster.requests if m == "DELETE"]  # nothing was made
+    assert "delet" not in r.stderr
+    # what it says works: a namespace that allows the pod
+    cluster.add(namespace("node-debug", enforce="privileged"))
+    r = run(cluster, tmp_path, "trace", "web", "--debug-namespace", "node-debug")
+    assert r.exit_code == 0, r.stderr
+    assert cluster.created[-1]["metadata"]["namespace"] == "node-debug"
+    assert cluster.pods_left() == []
+
+
+@pytest.mark.parametrize("kubelet, why", [
+    ("rejected", "did not run: OutOfmemory: Pod was rejected: Node didn't have enough "
+                 "resource: memory"),
+    ("deadline", "did not run: DeadlineExceeded: Pod was active on the node longer than the "
+                 "specified deadline"),
+])
+def test_a_pod_that_never_started_reports_the_kubelets_reason(cluster, tmp_path, kubelet, why):
+    populate(cluster)
+    cluster.debug_pod = kubelet
+    r = run(cluster, tmp_path, "trace", "web", "--node", "n2")
+    assert_clean_error(r, cluster, f"debug pod on n2 {why}")
+    assert "400" not in r.stderr and "waiting to start" not in r.stderr
+    assert not [p for m, p, _ in cluster.requests if p.endswith("/log")]
+    assert r.stderr.count("\n") == 1  # the error stands alone
+
+
+def test_assumed_client_lies_in_the_nodes_pod_cidr(cluster, tmp_path):
+    populate(cluster)
+    r = run(cluster, tmp_path, "trace", "web", "--node", "n2", "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["request"]["source"]["ip"].startswith("10.244.2."), doc["request"]
+    r = run(cluster, tmp_path, "trace", "web", "--node", "n2")
+    assert "in node n2's podCIDR 10.244.2.0/24" in r.stdout

@@ -18,11 +18,19 @@ from kubectl_clusterip.cluster.kubeconfig import KubeConfig, client_configuratio
 from kubectl_clusterip.model import ClusterIPError
 
 
-class Forbidden(ClusterIPError):
-    """RBAC refused a request; the message names the missing permission."""
+class ApiError(ClusterIPError):
+    """The API server answered with an error: `status` and its own `server_message`."""
+
+    def __init__(self, text: str, status: int = 0, server_message: str = "") -> None:
+        super().__init__(text)
+        self.status, self.server_message = status, server_message
 
 
-class NotFound(ClusterIPError):
+class Forbidden(ApiError):
+    """RBAC (or an admission plugin) refused a request; the message says which."""
+
+
+class NotFound(ApiError):
     """The object does not exist."""
 
 
@@ -148,8 +156,8 @@ class Api:
         return self._json(f"create pods in namespace {ns}", self.core().create_namespaced_pod,
                           ns, pod)
 
-    def delete_pod(self, name: str, namespace: str, timeout: float = 10) -> None:
-        """Delete now (grace period 0); a pod already gone is fine."""
+    def delete_pod(self, name: str, namespace: str, timeout: float = 10) -> bool:
+        """Delete now (grace period 0); False when the pod was already gone."""
         from kubernetes.client import V1DeleteOptions
         try:
             self._call(f"delete pods in namespace {namespace}",
@@ -157,7 +165,8 @@ class Api:
                        body=V1DeleteOptions(grace_period_seconds=0),
                        _request_timeout=timeout, _preload_content=False)
         except NotFound:
-            pass
+            return False
+        return True
 
     def pod_log(self, name: str, namespace: str, container: str | None = None) -> str:
         kwargs = {"container": container} if container else {}
@@ -179,7 +188,7 @@ def _what(verb: str, k: Kind, namespace: str | None) -> str:
     return f"{verb} {resource}{where}"
 
 
-def api_error(e: Any, what: str) -> ClusterIPError:
+def api_error(e: Any, what: str) -> ApiError:
     """An ApiException as one line: 403 names the permission, 404 is NotFound."""
     status, message, reason = int(getattr(e, "status", 0) or 0), "", ""
     try:
@@ -189,15 +198,15 @@ def api_error(e: Any, what: str) -> ClusterIPError:
         message = str(getattr(e, "body", "") or "")[:200]
     if status == 403:
         return Forbidden(f"forbidden: you may not {what} (RBAC); ask for that permission"
-                         + (f": {message}" if message else ""))
+                         + (f": {message}" if message else ""), status, message)
     if status == 404:
-        return NotFound(message or f"{what}: not found")
+        return NotFound(message or f"{what}: not found", status, message)
     if status == 401:
-        return ClusterIPError(f"unauthorized ({what}): the kubeconfig's credentials were "
-                              "refused; log in again")
+        return ApiError(f"unauthorized ({what}): the kubeconfig's credentials were refused; "
+                        "log in again", status, message)
     detail = message or getattr(e, "reason", "") or "no message"
-    return ClusterIPError(f"{what}: the API server answered {status} {reason}: {detail}".replace(
-        "  ", " "))
+    return ApiError(f"{what}: the API server answered {status} {reason}: {detail}".replace(
+        "  ", " "), status, message)
 
 
 # websocket-client's refused upgrade, which kubernetes.stream wraps as ApiException(status=0).

@@ -40,6 +40,7 @@ class LiveOptions:
     pod_timeout: float = 120.0
     conntrack: bool = False
     dns: bool = True
+    debug_namespace: str = debugpod.NAMESPACE
 
 
 def _labels(o: dict) -> dict:
@@ -273,7 +274,7 @@ def _node_log(api: Api, opts: LiveOptions, node: str, mode: str, ct_args: str,
         progress(f"reading the rules by exec into {proxy['metadata']['namespace']}/"
                  f"{_name(proxy)}")
         return debugpod.exec_script(api, proxy, mode, ct_args)
-    pod = debugpod.pod_spec(node, opts.image, mode, ct_args)
+    pod = debugpod.pod_spec(node, opts.image, mode, ct_args, opts.debug_namespace)
     return debugpod.run_debug_pod(api, pod, opts.pod_timeout, progress)
 
 

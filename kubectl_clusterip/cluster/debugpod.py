@@ -5,20 +5,19 @@ The pod is `kubectl debug node` with least privilege: host network and CAP_NET_A
 pinned to the node, tolerating every taint, never restarted, with an active deadline so it
 dies even when the plugin is killed. It prints each command's output between section
 markers on its log, which `parse_log` turns back into the snapshot's NODE_FILES names.
-It is deleted in every case: success, error, timeout, Ctrl-C and SIGTERM.
+Its lifecycle (create, wait, log, delete in every case: success, error, timeout, Ctrl-C
+and SIGTERM) is cluster/podlife.py's.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import signal
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from kubectl_clusterip.cluster import podlife
 from kubectl_clusterip.cluster.api import Api, stream_error
+from kubectl_clusterip.cluster.podlife import Progress
 from kubectl_clusterip.model import ClusterIPError
 
 DEFAULT_IMAGE = "nicolaka/netshoot:v0.13"  # public; iptables (both backends), nft, ipvsadm,
@@ -26,10 +25,8 @@ DEFAULT_IMAGE = "nicolaka/netshoot:v0.13"  # public; iptables (both backends), n
 NAMESPACE = "kube-system"  # privileged by Pod Security Admission on kubeadm/kind/most clusters
 LABELS = {"app.kubernetes.io/name": "kubectl-clusterip",
           "app.kubernetes.io/component": "node-debug"}
-ACTIVE_DEADLINE = 300  # seconds: the kubelet kills the pod even if nobody deletes it
+NODE_LABEL = "clusterip.kubectl.dev/node"
 MARK = "==== kubectl-clusterip"
-IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                "CreateContainerError", "CreateContainerConfigError", "RunContainerError")
 
 # The script the pod (or kube-proxy exec) runs: POSIX sh, every command in its own section.
 # MODE (iptables|ipvs|nftables, or empty when unsure) picks the commands; CT_ARGS, when set,
@@ -140,18 +137,18 @@ def node_files(sec: Sections) -> tuple[dict[str, str], dict]:
 
 
 def pod_name(node: str) -> str:
-    """`clusterip-debug-<node>-<random>`: recognisable, unique, a valid DNS label."""
-    safe = re.sub(r"[^a-z0-9-]", "-", node.lower())[:40].strip("-") or "node"
-    return f"clusterip-debug-{safe}-{secrets.token_hex(3)[:5]}"
+    """`clusterip-debug-<node>-<random>`: recognisable, unique, a valid DNS label for any
+    node name (a long one is cut and given a hash)."""
+    return podlife.dns_label("clusterip-debug", node, secrets.token_hex(3)[:5])
 
 
 def pod_spec(node: str, image: str, mode: str = "", conntrack_args: str = "",
-             namespace: str = NAMESPACE, deadline: int = ACTIVE_DEADLINE) -> dict:
+             namespace: str = NAMESPACE, deadline: int = podlife.ACTIVE_DEADLINE) -> dict:
     """The debug pod, as `kubectl debug node` makes one but with CAP_NET_ADMIN only."""
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": pod_name(node), "namespace": namespace,
-                     "labels": {**LABELS, "clusterip.kubectl.dev/node": node[:63]}},
+                     "labels": {**LABELS, NODE_LABEL: podlife.label_value(node)}},
         "spec": {
             "nodeName": node,
             "hostNetwork": True,
@@ -181,121 +178,16 @@ def pod_spec(node: str, image: str, mode: str = "", conntrack_args: str = "",
     }
 
 
-def describe_waiting(pod: dict) -> tuple[str, bool]:
-    """What the pod waits for, and whether that is hopeless (an image or config error)."""
-    st = pod.get("status") or {}
-    for cs in st.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting:
-            reason = waiting.get("reason", "waiting")
-            msg = waiting.get("message", "")
-            if reason in IMAGE_ERRORS:
-                image = cs.get("image") or "the image"
-                return (f"{reason}: cannot pull {image}" + (f" ({msg})" if msg else "")
-                        + "; pass --image with an image the node can pull", True)
-            return (f"{reason}" + (" (pulling the image)" if reason == "ContainerCreating"
-                                   else f": {msg}" if msg else ""), False)
-    for c in st.get("conditions") or []:
-        if c.get("status") == "False" and c.get("reason"):
-            return f"{c['type']} {c['reason']}: {c.get('message', '')}".strip(": "), False
-    phase = st.get("phase") or "Pending"
-    if phase == "Pending" and not st.get("containerStatuses"):
-        return "Pending: the node's kubelet has not started it yet (is the node Ready?)", False
-    return phase, False
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt here, so `finally` deletes the pod as on Ctrl-C."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C must not cut the cleanup short."""
-    try:
-        old = [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
-
-
-Progress = Callable[[str], None]
-
-
 def run_debug_pod(api: Api, pod: dict, timeout: float, progress: Progress,
-                  poll: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> str:
-    """Create the pod, wait for it to finish, return its log; delete it whatever happens."""
-    name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    node, image = pod["spec"]["nodeName"], pod["spec"]["containers"][0]["image"]
-    attempted = False
-    with sigterm_as_interrupt():
-        try:
-            progress(f"creating debug pod {ns}/{name} on node {node} (image {image})")
-            attempted = True
-            api.create_pod(pod)
-            deadline = time.monotonic() + timeout
-            said = ""
-            while True:
-                current = api.get("Pod", name, ns)
-                if current is None:
-                    raise ClusterIPError(f"debug pod {ns}/{name} disappeared before it finished")
-                phase = (current.get("status") or {}).get("phase", "Pending")
-                if phase in ("Succeeded", "Failed"):
-                    break
-                what, hopeless = describe_waiting(current)
-                if hopeless:
-                    raise ClusterIPError(f"debug pod on {node}: {what}")
-                if phase == "Running":
-                    what = "running the dump commands"
-                if what != said:
-                    progress(f"debug pod {name}: {what}")
-                    said = what
-                if time.monotonic() >= deadline:
-                    raise ClusterIPError(f"debug pod on {node} still {phase} after "
-                                         f"{timeout:g}s ({what}); deleted it")
-                sleep(min(poll, max(deadline - time.monotonic(), 0.05)))
-                poll = min(poll * 1.5, 2.0)  # quick when the image is cached, calm when not
-            log = api.pod_log(name, ns)
-            if phase == "Failed" and f"{MARK} DONE ====" not in log:
-                reason = (current.get("status") or {}).get("reason") or _terminated(current)
-                raise ClusterIPError(f"debug pod on {node} failed ({reason})"
-                                     + (f": {log.strip().splitlines()[-1]}" if log.strip()
-                                        else ""))
-            return log
-        finally:
-            if attempted:
-                with signals_ignored():
-                    try:
-                        api.delete_pod(name, ns)
-                        progress(f"deleted debug pod {ns}/{name}")
-                    except ClusterIPError as e:
-                        progress(f"warning: could not delete debug pod {ns}/{name} ({e}); "
-                                 f"it ends itself within {ACTIVE_DEADLINE}s; or run "
-                                 f"kubectl delete pod -n {ns} {name}")
-
-
-def _terminated(pod: dict) -> str:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        t = (cs.get("state") or {}).get("terminated")
-        if t:
-            return f"{t.get('reason', 'terminated')}, exit code {t.get('exitCode')}"
-    return "no reason given"
+                  **kw: object) -> str:
+    """The dump script's log from the node (the pod deleted whatever happens)."""
+    final, log = podlife.run_pod(api, pod, timeout, progress, "debug pod", **kw)  # type: ignore[arg-type]
+    if (final.get("status") or {}).get("phase") == "Failed" and f"{MARK} DONE ====" not in log:
+        last = log.strip().splitlines()[-1:]
+        raise podlife.PodFailed(f"debug pod on {pod['spec']['nodeName']} failed "
+                                f"({podlife.terminated(final)})"
+                                + (f": {last[0]}" if last else ""))
+    return log
 
 
 def exec_script(api: Api, pod: dict, mode: str, conntrack_args: str) -> str:
