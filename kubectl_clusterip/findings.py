@@ -37,6 +37,12 @@ CODES: dict[str, tuple[str, str]] = {
     "TopologyFiltered": ("info", "dnat"),
     "TopologyHintsIgnored": ("warning", "dnat"),
     "StaleConntrack": ("error", "dnat"),
+    # NetworkPolicy (diagnose/policy.py)
+    "NetworkPolicyDeniesIngress": ("error", "forward"),
+    "NetworkPolicyDeniesEgress": ("error", "forward"),
+    "NetworkPolicyAllows": ("info", "forward"),
+    "NetworkPolicyNotEnforced": ("warning", "forward"),
+    "NetworkPolicyDeniesDns": ("error", "dns"),
     # IPVS mode (ipvs/dataplane.py)
     "IpvsSchedulerState": ("info", "dnat"),
     "IpvsDrainingRealServer": ("info", "dnat"),

@@ -42,8 +42,9 @@ from fakews import OP_CLOSE, ProtocolError, ServerWebSocket, choose_protocol, ha
 
 PLURALS = {"services": "Service", "pods": "Pod", "nodes": "Node", "configmaps": "ConfigMap",
            "endpointslices": "EndpointSlice", "daemonsets": "DaemonSet",
-           "namespaces": "Namespace"}
-API_VERSIONS = {"EndpointSlice": "discovery.k8s.io/v1", "DaemonSet": "apps/v1"}
+           "namespaces": "Namespace", "networkpolicies": "NetworkPolicy"}
+API_VERSIONS = {"EndpointSlice": "discovery.k8s.io/v1", "DaemonSet": "apps/v1",
+                "NetworkPolicy": "networking.k8s.io/v1"}
 # What the kubelet's websocket streams accept (remotecommand; portforward/websocket.go).
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
                   "v2.channel.k8s.io", "channel.k8s.io")

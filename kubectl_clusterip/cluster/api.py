@@ -51,7 +51,12 @@ KINDS = {k.kind: k for k in (
     Kind("v1", "ConfigMap", "configmaps"),
     Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
     Kind("apps/v1", "DaemonSet", "daemonsets"),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    Kind("v1", "Namespace", "namespaces", namespaced=False),
 )}
+# The client class that serves each kind not in CoreV1Api.
+GROUP_APIS = {"EndpointSlice": "DiscoveryV1Api", "DaemonSet": "AppsV1Api",
+              "NetworkPolicy": "NetworkingV1Api"}
 
 
 def strip(obj: dict) -> dict:
@@ -138,15 +143,13 @@ class Api:
                 for item in doc.get("items") or []]
 
     def _read(self, k: Kind, name: str, namespace: str | None) -> tuple:
-        if k.kind == "Node":
-            return self.core().read_node, name
-        api = self._api("DiscoveryV1Api" if k.kind == "EndpointSlice" else
-                        "AppsV1Api" if k.kind == "DaemonSet" else "CoreV1Api")
+        if not k.namespaced:
+            return getattr(self.core(), f"read_{_snake(k.kind)}"), name
+        api = self._api(GROUP_APIS.get(k.kind, "CoreV1Api"))
         return getattr(api, f"read_namespaced_{_snake(k.kind)}"), name, namespace
 
     def _list(self, k: Kind, namespace: str | None) -> tuple:
-        api = self._api("DiscoveryV1Api" if k.kind == "EndpointSlice" else
-                        "AppsV1Api" if k.kind == "DaemonSet" else "CoreV1Api")
+        api = self._api(GROUP_APIS.get(k.kind, "CoreV1Api"))
         if not k.namespaced:
             return (getattr(api, f"list_{_snake(k.kind)}"),)
         return getattr(api, f"list_namespaced_{_snake(k.kind)}"), namespace
@@ -178,7 +181,8 @@ class Api:
 
 def _snake(kind: str) -> str:
     return {"Service": "service", "Pod": "pod", "Node": "node", "ConfigMap": "config_map",
-            "EndpointSlice": "endpoint_slice", "DaemonSet": "daemon_set"}[kind]
+            "EndpointSlice": "endpoint_slice", "DaemonSet": "daemon_set",
+            "NetworkPolicy": "network_policy", "Namespace": "namespace"}[kind]
 
 
 def _what(verb: str, k: Kind, namespace: str | None) -> str:

@@ -2,9 +2,10 @@
 
 About ten requests beside polling: the Service, its EndpointSlices, its Pods (one selector
 list), the Nodes, the kube-system Pods (kube-proxy and CoreDNS from one list), the
-kube-proxy ConfigMap, the kube-system DaemonSets, the client pod (with --from), and the debug
-pod's create, log and delete. DNS adds one port-forward. Whatever decides (which node, which
-files, which names to ask) is a pure function here or elsewhere.
+kube-proxy ConfigMap, the kube-system DaemonSets, the client pod (with --from), the
+NetworkPolicies of up to three namespaces (and those Namespaces when there are policies), and
+the debug pod's create, log and delete. DNS adds one port-forward. Whatever decides (which
+node, which files, which names to ask) is a pure function here or elsewhere.
 """
 
 from __future__ import annotations
@@ -135,6 +136,29 @@ def _optional(what: str, call: Callable, progress: Progress):
         return None
 
 
+def network_policy_objects(api: Api, namespaces: set[str], meta: dict,
+                           progress: Progress) -> list[dict]:
+    """The NetworkPolicies of the namespaces the path crosses (service, client, CoreDNS's),
+    and those Namespaces, whose labels namespaceSelectors match. Refused by RBAC: one
+    warning, recorded in meta, and the trace goes on without judging policy."""
+    out: list[dict] = []
+    try:
+        for ns in sorted(namespaces):
+            out += api.list("NetworkPolicy", ns)
+    except Forbidden as e:
+        progress(f"warning: NetworkPolicy not checked: {e}")
+        meta["networkPolicyNotChecked"] = str(e)
+        return []
+    if not out:
+        return out
+    try:
+        out += [o for o in (api.get("Namespace", ns) for ns in sorted(namespaces)) if o]
+    except Forbidden as e:
+        progress(f"warning: namespace labels not read ({e}): namespaceSelectors are matched "
+                 "on kubernetes.io/metadata.name only")
+    return out
+
+
 def capture_snapshot(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
                      api: Api | None = None) -> Snapshot:
     """The snapshot of one trace; Ctrl-C and SIGTERM become one error line after cleanup."""
@@ -234,6 +258,10 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
     meta["clientNode"] = node
     meta["client"] = {"pod": (f"{client_pod['metadata']['namespace']}/{_name(client_pod)}"
                               if client_pod else None), "ip": ip, "node": node}
+
+    path_ns = {"kube-system"} | ({ns} if svc else set()) | (
+        {client_pod["metadata"]["namespace"]} if client_pod else set())
+    objects += network_policy_objects(api, path_ns, meta, progress)
 
     # -- the node's rules --------------------------------------------------------------
     mode = proxy_mode_hint(cm)

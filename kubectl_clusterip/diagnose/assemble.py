@@ -7,6 +7,7 @@ from kubectl_clusterip.diagnose.cluster import Cluster, listed, metadata
 from kubectl_clusterip.diagnose.conntrack import stale_conntrack
 from kubectl_clusterip.diagnose.dns import coredns, dns
 from kubectl_clusterip.diagnose.endpoints import enrich_candidates, topology
+from kubectl_clusterip.diagnose.forwarding import forwarding
 from kubectl_clusterip.diagnose.rules import (
     drift,
     expected_port,
@@ -126,6 +127,10 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
     cd = coredns(cl)
     if cd is not None:
         found.append(cd)
+    fwd, notes = forwarding(cl, trace)
+    found += fwd
+    if notes:
+        extra.setdefault("diagnosisNotes", []).extend(notes)
     return found, extra
 
 
