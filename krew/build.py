@@ -97,9 +97,9 @@ if sys.argv[1:2] == ["__complete"]:
     from kubectl_clusterip.completion import main as complete
 
     sys.exit(complete(sys.argv[2:]))
-from kubectl_clusterip.cli import main  # noqa: E402
+from kubectl_clusterip.launch import main  # noqa: E402
 
-main(prog_name="kubectl clusterip")
+main()
 '''
 
 

@@ -154,11 +154,6 @@ def main() -> None:
     """
 
 
-def entry_point() -> None:
-    """The console script: usage lines name the command as kubectl users type it."""
-    main(prog_name="kubectl clusterip")
-
-
 @main.command(short_help="Save what a trace of a Service needs, for offline replay.")
 @click.argument("service")
 @click.option("-o", "--output-dir", "directory", required=True, metavar="DIR",

@@ -23,8 +23,8 @@ from test_krew_install import find_kubectl
 from kubectl_clusterip import completion, style
 from kubectl_clusterip.cli import main as cli_main
 from kubectl_clusterip.completion import FILTER_DIRS, NOFILE, NOSPACE, complete, sources
-from kubectl_clusterip.completion.generate import spec_from_click
 from kubectl_clusterip.completion.hook import HOOK
+from kubectl_clusterip.generate import spec_from_click
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "kind-my-service"
@@ -33,7 +33,7 @@ EXAMPLE = ROOT / "examples" / "kind-my-service"
 # -- the table matches the click commands ----------------------------------------------------
 def test_command_table_matches_click() -> None:
     assert completion.COMMANDS == spec_from_click(cli_main), (
-        "the CLI changed: run `python -m kubectl_clusterip.completion --regenerate`")
+        "the CLI changed: run `python -m kubectl_clusterip.generate`")
 
 
 # -- what is offered, against a fixed source ---------------------------------------------------

@@ -1,13 +1,7 @@
-"""`python -m kubectl_clusterip.completion WORD...` answers like the hook; --regenerate
-rewrites commands.py from the click commands."""
+"""`python -m kubectl_clusterip.completion WORD...` answers like the kubectl hook."""
 
 import sys
 
-if sys.argv[1:] == ["--regenerate"]:
-    from kubectl_clusterip.completion.generate import regenerate
+from kubectl_clusterip.completion import main
 
-    print("updated" if regenerate() else "up to date")
-else:
-    from kubectl_clusterip.completion import main
-
-    sys.exit(main())
+sys.exit(main())
