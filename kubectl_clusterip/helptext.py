@@ -70,6 +70,10 @@ HELP = {
         '                              120; 1<=x<=3600]\n'
         "  --conntrack                 Also dump the node's conntrack entries for the\n"
         '                              service IP.\n'
+        '  --debug-namespace NS        Namespace of the debug pod (its Pod Security\n'
+        '                              level must allow hostNetwork and NET_ADMIN).\n'
+        '                              [default: kube-system]\n'
+        '  -q, --quiet                 No progress line (errors and warnings only).\n'
         '  -h, --help                  Show this message and exit.'
     ),
     'completion': (
@@ -137,6 +141,10 @@ HELP = {
         '                                  [default: 120; 1<=x<=3600]\n'
         "  --conntrack                     Also dump the node's conntrack entries for\n"
         '                                  the service IP.\n'
+        '  --debug-namespace NS            Namespace of the debug pod (its Pod Security\n'
+        '                                  level must allow hostNetwork and NET_ADMIN).\n'
+        '                                  [default: kube-system]\n'
+        '  -q, --quiet                     No progress line (errors and warnings only).\n'
         '  -h, --help                      Show this message and exit.'
     ),
     'trace': (
@@ -205,6 +213,10 @@ HELP = {
         '                                 120; 1<=x<=3600]\n'
         "  --conntrack                    Also dump the node's conntrack entries for\n"
         '                                 the service IP.\n'
+        '  --debug-namespace NS           Namespace of the debug pod (its Pod Security\n'
+        '                                 level must allow hostNetwork and NET_ADMIN).\n'
+        '                                 [default: kube-system]\n'
+        '  -q, --quiet                    No progress line (errors and warnings only).\n'
         '  -h, --help                     Show this message and exit.'
     ),
 }
