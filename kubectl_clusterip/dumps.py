@@ -11,6 +11,8 @@ import re
 from typing import Protocol
 
 from kubectl_clusterip import reads
+from kubectl_clusterip.cilium import dataplane as cilium_dataplane
+from kubectl_clusterip.cilium.parse import detect as detect_cilium
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
 from kubectl_clusterip.iptables.parse import looks_like_iptables, parse_iptables_save
 from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
@@ -52,7 +54,7 @@ def read_text(path: str) -> str:
 
 def detect_format(text: str) -> str | None:
     """iptables | nft-json | nft-text | ipvsadm | ipset | conntrack | xt-recent | proxy-mode,
-    or None."""
+    cilium-services | cilium-lb | cilium-status | cilium-ct, or None."""
     head = text[:8192].lstrip()
     if head.startswith("{") and '"nftables"' in head[:200]:
         return "nft-json"
@@ -70,7 +72,7 @@ def detect_format(text: str) -> str | None:
         return "xt-recent"
     if head.strip() in ("iptables", "ipvs", "nftables", "kernelspace"):
         return "proxy-mode"
-    return None
+    return detect_cilium(text)
 
 
 # format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes
@@ -89,12 +91,14 @@ BUILDERS = {
     "ipvsadm": _build_ipvs,
     "nft-json": nftables_dataplane.build,
     "nft-text": nftables_dataplane.build,
+    "cilium-services": cilium_dataplane.build,
+    "cilium-lb": cilium_dataplane.build,
 }
 # Read by a mode, never a dataplane alone.
-SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode", "xt-recent"}
+SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode", "xt-recent", "cilium-status", "cilium-ct"}
 # A mode that reads another format's dumps as its own: IPVS mode still writes iptables rules,
 # so a node with an IPVS table has no iptables-mode dataplane.
-CONSUMES = {"ipvsadm": ("iptables",)}
+CONSUMES = {"ipvsadm": ("iptables",), "cilium-services": ("cilium-lb",)}
 
 
 def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
@@ -103,7 +107,8 @@ def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
         fmt = detect_format(text)
         if fmt is None:
             raise ClusterIPError(f"{source}: not a recognised rule dump (iptables-save, "
-                                 "nft list ruleset, ipvsadm-save or ipset save output)")
+                                 "nft list ruleset, ipvsadm-save, ipset save or cilium-dbg "
+                                 "service list / bpf lb list / status output)")
         by_format.setdefault(fmt, []).append((source, text))
     return by_format
 
@@ -131,13 +136,19 @@ def build_dataplanes(dumps: list[tuple[str, str]]) -> list[Dataplane]:
     return with_proxy
 
 
+CILIUM_OUTPUTS_HINT = (
+    "To trace it, give the agent's view with --rules-file: `kubectl -n kube-system exec "
+    "<cilium pod on the node> -c cilium-agent -- cilium-dbg service list` (`cilium` on 1.14 and "
+    "older), and for the datapath `cilium-dbg bpf lb list` and `cilium-dbg status --verbose`")
+
+
 def no_kube_proxy_message(dumps: list[tuple[str, str]]) -> str:
     """Say what the node looks like when kube-proxy has written nothing into it."""
     sources = ", ".join(s for s, _ in dumps)
     text = "\n".join(t for _, t in dumps)
     if "CILIUM_" in text or "cilium" in text:
         return (f"{sources}: no kube-proxy rules; the CILIUM_* chains say Cilium's kube-proxy "
-                "replacement handles Services here (inspect with `cilium-dbg service list`)")
+                f"replacement handles Services here. {CILIUM_OUTPUTS_HINT}")
     if re.search(r"\bcali-", text):
         return (f"{sources}: no kube-proxy rules, only Calico's cali-* chains: Calico's eBPF "
                 "dataplane may be replacing kube-proxy, or kube-proxy is not running")

@@ -46,6 +46,14 @@ CODES: dict[str, tuple[str, str]] = {
     # IPVS mode (ipvs/dataplane.py)
     "IpvsSchedulerState": ("info", "dnat"),
     "IpvsDrainingRealServer": ("info", "dnat"),
+    # Cilium's kube-proxy replacement (cilium/findings.py, cilium/drift.py)
+    "CiliumServiceNotInBpfMap": ("error", "rules"),
+    "CiliumBackendMissing": ("error", "rules"),
+    "CiliumNoBackend": ("error", "dnat"),
+    "CiliumBackendQuarantined": ("warning", "dnat"),
+    "CiliumBackendExcluded": ("info", "dnat"),
+    "CiliumSocketLBBypassed": ("info", "dnat"),
+    "CiliumStaleConntrack": ("error", "reply"),
 }
 
 

@@ -120,9 +120,13 @@ def trace_report(t: Trace, node: Node) -> str:
         for c in t.candidates:
             lines.append(f"               {c.endpoint}: {_forward_line(t, c, node)}")
         lines += _finding_lines(by_step.get("forward", []))
-        lines.append("6. Reply      conntrack reverses the NAT for every reply packet:")
+        lines.append("6. Reply      " + ("Cilium reverses the translation for every reply:"
+                                      if t.proxy_mode == "cilium" else
+                                      "conntrack reverses the NAT for every reply packet:"))
         for c, r in zip(t.candidates, t.reverse):
-            lines.append(f"               {r['conntrack']}")
+            for entry in [r["conntrack"]] if r.get("conntrack") else r.get("ciliumCT") or \
+                    [f"{c.endpoint}: socket-LB, no NAT entry"]:
+                lines.append(f"               {entry}")
             lines.append(f"                 {style(r['explanation'], 'dim')}")
             if c.masquerade:
                 why = c.extra.get("masqueradeRule", "")

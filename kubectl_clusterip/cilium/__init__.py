@@ -1,0 +1,1 @@
+"""Cilium's kube-proxy replacement: the agent's services, its BPF maps, one request's path."""
