@@ -119,7 +119,7 @@ class NftablesDataplane:
         names = ["services"] + [n for n in t.chains if n.startswith(_POLICY_PREFIXES)
                                 and "/" in n]
         for name in names:
-            for rule in t.chains[name].rules:
+            for rule in (t.chains[name].rules if name in t.chains else ()):
                 cidr = _masquerade_exemption(rule.expr)
                 if cidr:
                     return [cidr]
@@ -162,7 +162,7 @@ class NftablesDataplane:
             sp = self._dispatch(walker, target, name, ip, proto, port)
             found[(name, proto, ip, port)] = sp
             for chain in (target, *walker.entered):  # keep memory flat over 50,000 chains
-                if "/" in chain:
+                if "/" in chain and chain in t.chains:
                     t.chains[chain].forget()
             walker.entered.clear()
         no_eps = t.sets.get("no-endpoint-services")
@@ -195,7 +195,8 @@ class NftablesDataplane:
                 missing += st.probability
         affinity = None
         assert self.table is not None
-        for rule in self.table.chains[chain].rules:
+        dispatch = self.table.chains.get(chain)  # missing in a partial dump
+        for rule in dispatch.rules if dispatch is not None else ():
             for stmt in rule.expr:
                 right = stmt.get("match", {}).get("right") if "match" in stmt else None
                 if isinstance(right, str) and right.startswith("@affinity-"):

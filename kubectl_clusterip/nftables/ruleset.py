@@ -9,12 +9,20 @@ from __future__ import annotations
 import gc
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_clusterip.model import ClusterIPError
+from kubectl_clusterip.nftables.boundary import (
+    BadValue,
+    check_element,
+    check_rule,
+    check_rule_object,
+    shown,
+    type_domain,
+)
 from kubectl_clusterip.nftables.render import render_rule
 from kubectl_clusterip.nftables.rule_text import (
     fast_elements,
@@ -26,6 +34,7 @@ from kubectl_clusterip.nftables.values import canon_ip, norm_key, value_matches
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
               "srcnat": 100}
 _HANDLE = re.compile(r"\s*#\s*handle\s+(\d+)\s*$")
+_decode = json.JSONDecoder().raw_decode  # one rule object in place, no slice of the dump
 
 
 @dataclass
@@ -48,6 +57,7 @@ class NftSet:
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str | None = None
+    where: str = ""  # the dump and where in it, for errors
     _raw: Any = field(default=None, repr=False)  # JSON "elem" list or the text between braces
     _elements: list[Element] | None = field(default=None, repr=False)
     _exact: dict | None = field(default=None, repr=False)
@@ -60,15 +70,43 @@ class NftSet:
     @property
     def elements(self) -> list[Element]:
         if self._elements is None:
-            self._elements = _elements_from(self._raw)
+            self._elements = self._checked(self._raw)
             self._raw = None
         return self._elements
+
+    def _checked(self, raw: Any) -> list[Element]:
+        """Elements from the dump's JSON list or text, each checked against the set's types."""
+        where = self.where or f"{self.kind} {self.name}"
+        try:
+            if type(raw) is tuple:  # (dump text, start, end) of a JSON "elem" list
+                raw = json.loads(raw[0][raw[1]:raw[2]])
+            elif type(raw) is str:
+                raw = parse_elements_text(raw)
+        except (ValueError, RecursionError) as e:
+            raise ClusterIPError(f"{where}: cannot read the elements: "
+                                 f"{str(e).split(':')[0]}") from None
+        if raw is None:
+            return []
+        if type(raw) is not list:
+            raise BadValue("elements are a list", raw).error(where)
+        key_domain = type_domain(self.key_types)
+        for j, item in enumerate(raw):
+            try:
+                check_element(item, key_domain, self.map_type)
+            except BadValue as e:
+                step = f".elem[{j}]" if "nftables[" in where else f", element {j + 1}"
+                raise e.at(step).error(where) from None
+        return _elements_from(raw)
+
+    @property
+    def kind(self) -> str:
+        return "set" if self.map_type is None else "map"
 
     def lookup(self, key: Any) -> Element | None:
         """The element whose key matches (exact, prefix, range, per concat component)."""
         if self._exact is None:
             if type(self._raw) is str:  # text not yet parsed: one lookup need not parse it all
-                found = _find_text_element(self._raw, key)
+                found = _find_text_element(self._raw, key, self._checked)
                 if found is not None:
                     return found
             self._exact, self._intervals = {}, []
@@ -102,7 +140,8 @@ def _exact_key(k: Any) -> Any:
     return k
 
 
-def _find_text_element(body: str, key: Any) -> Element | None:
+def _find_text_element(body: str, key: Any, read: Callable[[list], list[Element]]
+                       ) -> Element | None:
     """The element keyed exactly `key`, read from the raw `{ … }` text alone.
 
     A trace looks up one key in a 10,000-element map; finding its text (str.find, in C)
@@ -129,31 +168,25 @@ def _find_text_element(body: str, key: Any) -> Element | None:
             items = fast_elements(inner[pos:stop])
             if not items:
                 return None
-            (e,) = _elements_from(items)
+            try:
+                (e,) = read(items)
+            except ClusterIPError:  # the full parse says which element, and where
+                return None
             return e if _exact_key(e.key) == norm_key(key) else None
         pos = inner.find(spelled, end)
     return None
 
 
 class Rule:
-    """One rule; `expr` and `text` are each computed from the other when first asked for."""
+    """One rule, its statements checked; `text` is rendered from them when not given."""
 
-    __slots__ = ("_expr", "_text", "chain", "comment", "family", "handle", "table")
+    __slots__ = ("_text", "chain", "comment", "expr", "family", "handle", "table")
 
-    def __init__(self, family: str, table: str, chain: str, handle: int | None = None,
-                 comment: str | None = None, expr: list | None = None,
-                 text: str | None = None) -> None:
+    def __init__(self, family: str, table: str, chain: str, handle: int | None,
+                 comment: str | None, expr: list, text: str | None = None) -> None:
         self.family, self.table, self.chain = family, table, chain
         self.handle, self.comment = handle, comment
-        self._expr, self._text = expr, text
-
-    @property
-    def expr(self) -> list:
-        if self._expr is None:
-            self._expr, comment = parse_rule_text(self._text or "")
-            if comment is not None and self.comment is None:
-                self.comment = comment
-        return self._expr
+        self.expr, self._text = expr, text
 
     @property
     def text(self) -> str:
@@ -180,12 +213,15 @@ class Chain:
         "name",
         "policy",
         "priority",
+        "source",
         "table",
         "type",
     )
 
-    def __init__(self, family: str, table: str, name: str, handle: int | None = None) -> None:
+    def __init__(self, family: str, table: str, name: str, handle: int | None = None,
+                 source: str = "") -> None:
         self.family, self.table, self.name, self.handle = family, table, name, handle
+        self.source = source  # the dump's name, for errors
         self.type: str | None = None  # filter | nat | route, for base chains
         self.hook: str | None = None
         self.priority: int | None = None
@@ -193,7 +229,9 @@ class Chain:
         self.comment: str | None = None
         self._rules: list[Rule] | None = []
         self._src: str | None = None  # the dump text the spans point into
-        self._spans: list[tuple[int, int]] = []  # JSON rule objects, or one text body
+        # (start, end, item): a JSON rule object (its index in the "nftables" list), or a
+        # text chain body (item -1).
+        self._spans: list[tuple[int, int, int]] = []
 
     @property
     def is_base(self) -> bool:
@@ -205,12 +243,6 @@ class Chain:
             self._rules = self._load()
         return self._rules
 
-    def defer(self, src: str, span: tuple[int, int]) -> None:
-        """Remember where a rule (JSON) or the chain body (text) is; read it on first use."""
-        self._src = src
-        self._spans.append(span)
-        self._rules = None
-
     def forget(self) -> None:
         """Drop the parsed rules (they can be read again): keeps a full scan's memory flat."""
         if self._src is not None:
@@ -219,13 +251,11 @@ class Chain:
     def _load(self) -> list[Rule]:
         src = self._src or ""
         out: list[Rule] = []
-        for s, e in self._spans:
-            if src[s] == "{":
-                o = json.loads(src[s:e])["rule"]
-                out.append(Rule(self.family, self.table, self.name, o.get("handle"),
-                                o.get("comment"), o.get("expr") or []))
+        for s, e, item in self._spans:
+            if item >= 0:
+                out.append(self._json_rule(src, s, item))
                 continue
-            for line in src[s:e].splitlines():
+            for k, line in enumerate(src[s:e].splitlines()):
                 line = line.strip()
                 if not line or line == "}" or line.startswith(("type ", "comment ", "policy ",
                                                                "#")):
@@ -237,8 +267,29 @@ class Chain:
                 if m:
                     handle = int(m.group(1))
                     line = line[: m.start()].rstrip()
-                out.append(Rule(self.family, self.table, self.name, handle, None, None, line))
+                expr, comment = parse_rule_text(line)
+                try:
+                    check_rule(expr)
+                except BadValue as err:
+                    n = src.count("\n", 0, s) + k + 1
+                    raise err.error(f"{self.source or 'nft ruleset'} line {n}", path=False) \
+                        from None
+                out.append(Rule(self.family, self.table, self.name, handle, comment, expr,
+                                line))
         return out
+
+    def _json_rule(self, src: str, start: int, item: int) -> Rule:
+        where = f"{self.source or 'nft JSON'}: nftables[{item}].rule"
+        try:
+            o = _decode(src, start)[0]["rule"]
+            expr = check_rule_object(o)
+            return Rule(self.family, self.table, self.name, o.get("handle"), o.get("comment"),
+                        expr)
+        except BadValue as err:
+            raise err.error(where) from None
+        except (ValueError, RecursionError) as err:
+            raise ClusterIPError(f"{where}: not valid JSON ({str(err).split(':')[0]}): "
+                                 f"{shown(src[start:start + 200])}") from None
 
     def __repr__(self) -> str:
         return f"Chain({self.family} {self.table} {self.name}, hook={self.hook})"
@@ -278,7 +329,7 @@ class Ruleset:
         t = self._table(family, table)
         ch = t.chains.get(name)
         if ch is None:
-            ch = t.chains[name] = Chain(family, table, name)
+            ch = t.chains[name] = Chain(family, table, name, source=self.source)
         return ch
 
 
@@ -299,13 +350,8 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _elements_from(raw: Any) -> list[Element]:
-    if raw is None:
-        return []
-    if isinstance(raw, tuple):  # (dump text, start, end) of a JSON "elem" list
-        raw = json.loads(raw[0][raw[1]:raw[2]])
-    if isinstance(raw, str):
-        raw = parse_elements_text(raw)
+def _elements_from(raw: list) -> list[Element]:
+    """Checked element items (JSON shapes) as Elements."""
     out = []
     for item in raw:
         value = None

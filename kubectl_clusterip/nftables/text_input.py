@@ -49,6 +49,7 @@ def _parse_text(text: str, source: str) -> Ruleset:
     if text.count("{") != text.count("}"):
         raise ClusterIPError(f"{source or 'nft ruleset'}: unbalanced braces (truncated dump?)")
     table: Table | None = None
+    line, counted = 1, 0  # line numbers for the few objects whose errors name one
     ends = [h.start() for h, _ in headers[1:]] + [len(text)]
     for (m, body_start), end in zip(headers, ends):
         is_table, family, kind, name, handle = m.groups()
@@ -64,14 +65,17 @@ def _parse_text(text: str, source: str) -> Ruleset:
         if kind == "chain":
             ch = table.chains.get(name)
             if ch is None:
-                ch = table.chains[name] = Chain(table.family, table.name, name)
+                ch = table.chains[name] = Chain(table.family, table.name, name, source=source)
             ch.handle = int(handle) if handle else None
             if text[body_start:body_start + 12].lstrip().startswith(("type ", "comment ")):
                 _chain_header(ch, text, (body_start, end))
             ch._src, ch._rules = text, None
-            ch._spans.append((body_start, end))
+            ch._spans.append((body_start, end, -1))
         elif kind in ("set", "map"):
-            st = NftSet(table.family, table.name, name, map_type="" if kind == "map" else None)
+            line += text.count("\n", counted, m.start())
+            counted = m.start()
+            st = NftSet(table.family, table.name, name, map_type="" if kind == "map" else None,
+                        where=f"{source or 'nft ruleset'} line {line}: {kind} {name}")
             _set_body(st, text[body_start:end])
             table.sets[name] = st
     return rs

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_clusterip.branch import Branch, canonical, in_cidr
-from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
+from kubectl_clusterip.model import ClusterIPError, Node, Packet, Path, Step, join_host_port
 from kubectl_clusterip.nftables.ruleset import Chain, Rule, Table
 from kubectl_clusterip.nftables.values import value_matches
 
@@ -140,12 +140,15 @@ class Walker:
 
     def _traverse(self, chain: Chain, st: Branch) -> list[tuple[Branch, str]]:
         out: list[tuple[Branch, str]] = []
-        todo: list[tuple[Branch, tuple[tuple[str, int], ...]]] = [(st, ((chain.name, 0),))]
+        # A frame is (chain, next rule, chains this frame left by goto): all of them are on
+        # the way to the current rule, so reaching one again is a loop.
+        todo: list[tuple[Branch, tuple[tuple[str, int, tuple[str, ...]], ...]]] = [
+            (st, ((chain.name, 0, ()),))]
         budget = MAX_RULES_PER_WALK
         chains = self.table.chains
         while todo:
             st, stack = todo.pop()
-            name, idx = stack[-1]
+            name, idx, via = stack[-1]
             ch = chains.get(name)
             rules = ch.rules if ch is not None else []
             if idx >= len(rules):
@@ -161,7 +164,7 @@ class Walker:
                                       f"{self.label} {chain.name}"), "accept"))
                 continue
             rule = rules[idx]
-            stack = (*stack[:-1], (name, idx + 1))
+            stack = (*stack[:-1], (name, idx + 1, via))
             for s, action in self._exec(rule, st):
                 if action is None or action == "continue":
                     todo.append((s, stack))
@@ -173,8 +176,10 @@ class Walker:
                     elif len(stack) >= MAX_DEPTH:
                         out.append((s.note(f"jump depth over {MAX_DEPTH}"), "accept"))
                     else:
+                        _refuse_loop(chain, stack, verb, target)
                         base = stack[:-1] if verb == "goto" else stack
-                        todo.append((s, (*base, (target, 0))))
+                        frame = (target, 0, (*via, name) if verb == "goto" else ())
+                        todo.append((s, (*base, frame)))
                         self.entered.add(target)
                 elif action == "return":
                     if len(stack) > 1:
@@ -276,78 +281,96 @@ class Walker:
 
     def _vmap(self, rule: Rule, v: dict, st: Branch,
               effects: tuple[str, ...]) -> Iterator[tuple[Branch, _Action]]:
-        keys = self._keys(v["key"], st)
-        if isinstance(keys, _Undecided):
-            st = _undecide(st, f"{self.label} {rule.chain}: {keys}; assumed no match: "
-                               f"{rule.text}")
-            yield self._done(rule, st, effects), None
-            return
-        if keys is ABSENT:
-            yield self._done(rule, st, effects), None
-            return
-        groups: dict[str, tuple[float, Any, str]] = {}
-        miss = 0.0
-        for share, key in keys:
-            found = self._map_lookup(v["data"], key)
+        found = self._lookups(v["key"], v["data"], st)
+        if isinstance(found, (_Undecided, _Absent)):
             if isinstance(found, _Undecided):
-                st = st.note(f"{self.label} {rule.chain}: {found}")
-                miss += share
-                continue
-            if found is None:
-                miss += share
-                continue
-            verdict, comment = found
+                st = _undecide(st, f"{self.label} {rule.chain}: {found}; assumed no match: "
+                                   f"{rule.text}")
+            yield self._done(rule, st, effects), None
+            return
+        hits, miss, n, notes = found
+        for why in notes:
+            st = st.note(f"{self.label} {rule.chain}: {why}")
+        groups: dict[str, tuple[int, Any, str]] = {}
+        for count, verdict, comment in hits:
             text = _verdict_text(verdict)
-            p, _, _ = groups.get(text, (0.0, verdict, comment or ""))
-            groups[text] = (p + share, verdict, comment or "")
-        n = len(keys)
-        for text, (share, verdict, comment) in groups.items():
-            b = st if share == 1.0 else st._replace(probability=st.probability * share)
+            c, _, _ = groups.get(text, (0, verdict, comment or ""))
+            groups[text] = (c + count, verdict, comment or "")
+        for text, (count, verdict, comment) in groups.items():
+            b = st if count == n else st._replace(probability=st.probability * count / n)
             eff = text + (f" [{comment}]" if comment else "")
             if n > 1:
-                eff += f" ({round(share * n)} of {n} numgen values)"
+                eff += f" ({count} of {n} numgen values)"
             yield self._done(rule, b, (*effects, eff)), _verdict_action(verdict)
         if miss > 0:
-            b = st if miss == 1.0 else st._replace(probability=st.probability * miss)
+            b = st if miss == n else st._replace(probability=st.probability * miss / n)
             yield self._done(rule, b, effects), None
 
     def _dnat(self, rule: Rule, v: dict, st: Branch,
               effects: tuple[str, ...]) -> Iterator[tuple[Branch, _Action]]:
         addr = v.get("addr")
         if isinstance(addr, dict) and "map" in addr:
-            keys = self._keys(addr["map"]["key"], st)
-            if isinstance(keys, _Undecided) or keys is ABSENT:
+            found = self._lookups(addr["map"]["key"], addr["map"]["data"], st)
+            if isinstance(found, (_Undecided, _Absent)):
                 st = _undecide(st, f"{self.label} {rule.chain}: cannot pick the DNAT target; "
                                    f"assumed no match: {rule.text}")
                 yield self._done(rule, st, effects), None
                 return
-            targets: dict[tuple[str, int], float] = {}
-            miss = 0.0
-            for share, key in keys:
-                found = self._map_lookup(addr["map"]["data"], key)
-                if not isinstance(found, tuple):
-                    miss += share
-                    continue
-                data = found[0]
+            hits, miss, n, _ = found
+            targets: dict[tuple[str, int], int] = {}
+            for count, data, _ in hits:
                 parts = tuple(data["concat"]) if isinstance(data, dict) and "concat" in data \
                     else data if isinstance(data, tuple) else (data,)
                 ip = str(parts[0])
                 port = int(parts[1]) if len(parts) > 1 else int(v.get("port") or st.dport)
-                targets[(ip, port)] = targets.get((ip, port), 0.0) + share
-            for (ip, port), share in targets.items():
-                b = st._replace(probability=st.probability * share, dst=ip, dport=port,
-                            dnat=(ip, port))
+                targets[(ip, port)] = targets.get((ip, port), 0) + count
+            for (ip, port), count in targets.items():
+                b = st._replace(probability=st.probability * count / n, dst=ip, dport=port,
+                                dnat=(ip, port))
                 eff = f"DNAT to {join_host_port(ip, port)}"
-                if len(keys) > 1:
-                    eff += f" ({round(share * len(keys))} of {len(keys)} numgen values)"
+                if n > 1:
+                    eff += f" ({count} of {n} numgen values)"
                 yield self._done(rule, b, (*effects, eff)), "accept"
             if miss > 0:
-                yield st._replace(probability=st.probability * miss), "drop"
+                yield st._replace(probability=st.probability * miss / n), "drop"
             return
         ip = str(addr) if addr is not None else st.dst
         port = int(v["port"]) if v.get("port") is not None else st.dport
         st = st._replace(dst=ip, dport=port, dnat=(ip, port))
         yield self._done(rule, st, (*effects, f"DNAT to {join_host_port(ip, port)}")), "accept"
+
+    def _lookups(self, key: Any, data: Any, st: Branch
+                 ) -> tuple[list[tuple[int, Any, str | None]], int, int, list[str]] | \
+            _Undecided | _Absent:
+        """A map lookup as (hits: (count, data, comment), misses, out of n, notes).
+
+        One key gives one outcome of n = 1. `numgen random mod N` gives every index with
+        odds 1/N: counted per map element (how many indices its key covers), so a huge N
+        costs no more than the map has elements.
+        """
+        if isinstance(key, dict) and "numgen" in key:
+            ng = key["numgen"]
+            if ng["mode"] != "random":
+                return _Undecided(f"numgen {ng['mode']} depends on packet counts")
+            n, lo = ng["mod"], ng.get("offset", 0)
+            elements = self._map_elements(data)
+            if isinstance(elements, _Undecided):
+                return elements
+            hits = []
+            for k, value, comment in elements:
+                count = _covered(k, lo, lo + n - 1)
+                if count:
+                    hits.append((count, value, comment))
+            return hits, n - sum(c for c, _, _ in hits), n, []
+        v = self._value(key, st)
+        if isinstance(v, (_Undecided, _Absent)):
+            return v
+        found = self._map_lookup(data, v)
+        if isinstance(found, _Undecided):
+            return [], 1, 1, [str(found)]
+        if found is None:
+            return [], 1, 1, []
+        return [(1, found[0], found[1])], 0, 1, []
 
     # -- matches and values -----------------------------------------------------------------
 
@@ -392,38 +415,35 @@ class Walker:
         return s.lookup(value) is not None
 
     def _map_lookup(self, data: Any, key: Any) -> tuple[Any, str | None] | _Undecided | None:
-        """(data, element comment) for a key in a named or anonymous map, or None."""
-        if isinstance(data, str) and data.startswith("@"):
+        """(data, element comment) for a key in a named (`@name`) or anonymous map, or None."""
+        if isinstance(data, str):
             s = self.table.sets.get(data[1:])
             if s is None:
                 return _Undecided(f"map {data} is not in the dump")
             e = s.lookup(key)
             return None if e is None else (e.value, e.comment)
-        if isinstance(data, dict) and "set" in data:
-            for item in data["set"]:
-                if isinstance(item, list) and len(item) == 2:
-                    k = item[0]
-                    comment = None
-                    if isinstance(k, dict) and "elem" in k:
-                        comment = k["elem"].get("comment")
-                        k = k["elem"].get("val")
-                    if value_matches(key, k):
-                        return item[1], comment
-            return None
-        return _Undecided("a map this walker cannot read")
+        for k, value in data["set"]:
+            comment = None
+            if isinstance(k, dict) and "elem" in k:
+                comment, k = k["elem"].get("comment"), k["elem"]["val"]
+            if value_matches(key, k):
+                return value, comment
+        return None
 
-    def _keys(self, expr: Any, st: Branch) -> list[tuple[float, Any]] | _Undecided | _Absent:
-        """The lookup key(s) with their odds: one certain key, or one per numgen value."""
-        if isinstance(expr, dict) and "numgen" in expr:
-            ng = expr["numgen"]
-            if ng.get("mode") != "random":
-                return _Undecided(f"numgen {ng.get('mode')} depends on packet counts")
-            n, off = int(ng["mod"]), int(ng.get("offset") or 0)
-            return [(1.0 / n, off + k) for k in range(n)]
-        v = self._value(expr, st)
-        if isinstance(v, (_Undecided, _Absent)):
-            return v
-        return [(1.0, v)]
+    def _map_elements(self, data: Any) -> list[tuple[Any, Any, str | None]] | _Undecided:
+        """(key, data, comment) of every element of a named or anonymous map."""
+        if isinstance(data, str):
+            s = self.table.sets.get(data[1:])
+            if s is None:
+                return _Undecided(f"map {data} is not in the dump")
+            return [(e.key, e.value, e.comment) for e in s.elements]
+        out = []
+        for k, value in data["set"]:
+            comment = None
+            if isinstance(k, dict) and "elem" in k:
+                comment, k = k["elem"].get("comment"), k["elem"]["val"]
+            out.append((k, value, comment))
+        return out
 
     def _value(self, e: Any, st: Branch) -> Any:
         if not isinstance(e, dict):
@@ -506,12 +526,33 @@ class Walker:
             return False
         return local
 
+def _refuse_loop(start: Chain, stack: tuple, verb: str, target: str) -> None:
+    """The kernel refuses a ruleset whose jumps and gotos loop: one in a dump was made by hand."""
+    way = [c for name, _, via in stack for c in (*via, name)]
+    if target in way:
+        loop = " → ".join([*way[way.index(target):], target])
+        raise ClusterIPError(
+            f"{start.source or 'nft ruleset'}: {start.family} {start.table}: {verb} loop "
+            f"{loop}: the kernel refuses rulesets that loop, so this dump was edited by hand")
+
+
 def _undecide(st: Branch, why: str) -> Branch:
     return st._replace(undecided=(*st.undecided, why))
 
 
 def _rule_text(rule: Rule) -> str:
     return rule.text + (f" # handle {rule.handle}" if rule.handle is not None else "")
+
+
+def _covered(key: Any, lo: int, hi: int) -> int:
+    """How many of the numgen values lo..hi a map key (a number or a range) covers."""
+    if isinstance(key, dict) and "range" in key:
+        a, b = key["range"]
+    else:
+        a = b = key
+    if type(a) is not int or type(b) is not int:
+        return 0
+    return max(0, min(b, hi) - max(a, lo) + 1)
 
 
 def _verdict_text(verdict: Any) -> str:
