@@ -95,17 +95,41 @@ def live_source(live: dict, target: str | None, namespace: str | None, node: str
                 source_ip: str | None, dns: bool = True) -> Callable[[], Snapshot]:
     """The capture to run when no offline input is given (the kubernetes client loads late)."""
     def run() -> Snapshot:
-        from kubectl_clusterip.cluster.capture import LiveOptions, capture_snapshot
-        from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags
-        flags = ConnectionFlags(live["kubeconfig"], live["context"], live["cluster"],
-                                live["user"], namespace, live["request_timeout"])
+        from kubectl_clusterip.cluster.capture import capture_snapshot
         from kubectl_clusterip.statusline import StatusLine
-        opts = LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
-                           live["via"], live["dns_server"], live["pod_timeout"],
-                           live["conntrack"], dns, live["debug_namespace"])
         with StatusLine(quiet=bool(live["quiet"])) as progress:
-            return capture_snapshot(flags, opts, progress)
+            return capture_snapshot(*live_setup(live, target, namespace, node, source_ip, dns),
+                                    progress)
     return run
+
+
+def live_setup(live: dict, target: str | None, namespace: str | None, node: str | None,
+               source_ip: str | None, dns: bool = True) -> tuple:
+    """The connection flags and LiveOptions from the command's options."""
+    from kubectl_clusterip.cluster.capture import LiveOptions
+    from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags
+    flags = ConnectionFlags(live["kubeconfig"], live["context"], live["cluster"],
+                            live["user"], namespace, live["request_timeout"])
+    return flags, LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
+                              live["via"], live["dns_server"], live["pod_timeout"],
+                              live["conntrack"], dns, live["debug_namespace"])
+
+
+def fleet_options(f):
+    """Every node at once (live cluster only)."""
+    f = click.option("--parallel", type=click.IntRange(1, 100), default=10, show_default=True,
+                     help="With --all-nodes/--nodes: debug pods alive at once.")(f)
+    f = click.option("--nodes", "node_selector", metavar="SELECTOR", help="Every node this "
+                     "label selector picks, one debug pod each (like --all-nodes).")(f)
+    return click.option("--all-nodes", is_flag=True, help="Every node of the cluster, one "
+                        "debug pod each: a row per node and a summary.")(f)
+
+
+def fleet_selector(all_nodes: bool, node_selector: str | None) -> str | bool | None:
+    """False: one node as usual; None: every node; else the label selector."""
+    if node_selector is not None:
+        return node_selector
+    return None if all_nodes else False
 
 
 def rules_source_options(f):
@@ -161,9 +185,11 @@ def main() -> None:
 @click.option("-n", "--namespace", help="Namespace of SERVICE (default: the context's).")
 @click.option("--node", "node", metavar="NODE", help="Read the rules of this node.")
 @click.option("--source-ip", metavar="IP", help="Client address to record.")
+@fleet_options
 @live_options
 def capture(service: str, directory: str, namespace: str | None, node: str | None,
-            source_ip: str | None, **live: object) -> None:
+            source_ip: str | None, all_nodes: bool, node_selector: str | None, parallel: int,
+            **live: object) -> None:
     """Save everything a trace of SERVICE uses into a snapshot directory.
 
     \b
@@ -175,13 +201,21 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
       kubectl clusterip capture my-service --from client-abc -o snap --conntrack
     """
     from kubectl_clusterip.snapshot import write_snapshot
-    snap = live_source(live, service, namespace, node, source_ip)()
+    sel = fleet_selector(all_nodes, node_selector)
+    if sel is not False:
+        from kubectl_clusterip import fleetcli
+        fleetcli.check_usage(sel, node=node, **{"from": live["client_pod"]})
+        snap = fleetcli.capture_all(*live_setup(live, service, namespace, None, source_ip, False),
+                                    sel, parallel, bool(live["quiet"]))
+    else:
+        snap = live_source(live, service, namespace, node, source_ip)()
     try:
         write_snapshot(snap, directory)
     except OSError as e:
         raise ClusterIPError(f"{directory}: cannot write the snapshot: {e.strerror}") from None
-    click.echo(f"wrote {directory}: {len(snap.objects)} objects, rules of node "
-               f"{snap.meta.get('clientNode')}", err=True)
+    click.echo(f"wrote {directory}: {len(snap.objects)} objects, rules of node"
+               + (f"s {', '.join(snap.nodes)}" if len(snap.nodes) > 1 else
+                  f" {snap.meta.get('clientNode')}"), err=True)
 
 
 @main.command(short_help="Trace one request to a Service, step by step.")
@@ -202,11 +236,13 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
 @click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
               help="An address of the node (repeatable): decides addrtype LOCAL matches.")
 @click.option("-o", "--output", type=OUTPUTS, default="text", show_default=True)
+@fleet_options
 @live_options
 def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
           to: str | None, namespace: str | None, protocol: str | None, source_ip: str | None,
           source_port: int, from_host: bool, node: str | None, node_ips: tuple[str, ...],
-          output: str, **live: object) -> None:
+          output: str, all_nodes: bool, node_selector: str | None, parallel: int,
+          **live: object) -> None:
     """Trace one request to a Service through the node's kube-proxy rules.
 
     \b
@@ -230,6 +266,15 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     or debug pod failure).
     """
     require_one_target(target, to)
+    sel = fleet_selector(all_nodes, node_selector)
+    if sel is not False:
+        from kubectl_clusterip import fleetcli
+        fleetcli.check_usage(sel, snapshot=snapshot_dir, rules_file=rules_files, node=node,
+                             to=to, source_ip=source_ip, **{"from": live["client_pod"]})
+        req = Request(target, namespace, None, protocol, None, source_port, from_host,
+                      None, node_ips)
+        sys.exit(fleetcli.trace_all(*live_setup(live, target, namespace, None, None, False),
+                                    req, sel, parallel, output, bool(live["quiet"])))
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, target, namespace, node, source_ip))
     namespace = namespace or snap.meta.get("namespace")  # live: the context's namespace
@@ -253,9 +298,11 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
 @click.option("--node", "node", metavar="NODE", help="The node of the snapshot to show.")
 @click.option("-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]),
               default="table", show_default=True)
+@fleet_options
 @live_options
 def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
-          namespace: str | None, node: str | None, output: str, **live: object) -> None:
+          namespace: str | None, node: str | None, output: str, all_nodes: bool,
+          node_selector: str | None, parallel: int, **live: object) -> None:
     """Show every service port kube-proxy programs on a node, with its endpoints and odds.
 
     \b
@@ -263,16 +310,26 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
       kubectl clusterip rules --snapshot examples/kind-my-service
       kubectl clusterip rules kube-system/kube-dns --rules-file iptables-save.txt -o json
     """
+    def keep(ports: list) -> list:
+        if target:
+            ns, name, port_sel = parse_target(target, namespace)
+            ports = select_ports(ports, ns, name, port_sel)
+            if not ports:
+                raise ClusterIPError(f"service {target} not found in the rules")
+        elif namespace:
+            ports = [sp for sp in ports if sp.namespace == namespace]
+        return ports
+
+    sel = fleet_selector(all_nodes, node_selector)
+    if sel is not False:
+        from kubectl_clusterip import fleetcli
+        fleetcli.check_usage(sel, snapshot=snapshot_dir, rules_file=rules_files, node=node)
+        sys.exit(fleetcli.rules_all(*live_setup(live, None, namespace, None, None, False), sel,
+                                    parallel, output, bool(live["quiet"]), keep))
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, None, namespace, node, None, dns=False))
     modes, ports = service_ports(snap, node)
-    if target:
-        ns, name, port_sel = parse_target(target, namespace)
-        ports = select_ports(ports, ns, name, port_sel)
-        if not ports:
-            raise ClusterIPError(f"service {target} not found in the rules")
-    elif namespace:
-        ports = [sp for sp in ports if sp.namespace == namespace]
+    ports = keep(ports)
     if output in ("json", "yaml"):
         click.echo(dump({"kind": "ServicePortList", "proxyMode": ",".join(modes),
                          "items": [sp.to_dict() for sp in ports]}, output))

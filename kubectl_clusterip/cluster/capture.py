@@ -168,8 +168,36 @@ def capture_snapshot(flags: ConnectionFlags, opts: LiveOptions, progress: Progre
         raise ClusterIPError("interrupted; nothing was left in the cluster") from None
 
 
-def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
-             api: Api | None) -> Snapshot:
+@dataclass
+class Gathered:
+    """The API objects a trace reads, fetched once whatever the number of nodes."""
+
+    api: Api
+    meta: dict
+    objects: list[dict]
+    svc: dict | None
+    slices: list[dict]
+    nodes: list[dict]
+    proxies: list[dict]
+    dns_pods: list[dict]
+    configmap: dict | None
+    client_pod: dict | None
+
+    @property
+    def mode(self) -> str:
+        return proxy_mode_hint(self.configmap)
+
+    def conntrack_args(self, opts: LiveOptions) -> str:
+        ip0 = (self.svc or {}).get("spec", {}).get("clusterIP") or ""
+        if not (opts.conntrack and ip0):
+            return ""
+        return f"-f ipv6 -d {ip0}" if ":" in ip0 else f"-d {ip0}"
+
+
+def gather(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
+           api: Api | None = None) -> Gathered:
+    """The Service, its EndpointSlices and pods, the client pod, the Nodes and kube-system's
+    kube-proxy, CoreDNS, ConfigMap and DaemonSets."""
     if api is None:
         api = Api(load(flags))
     kc = api.kc
@@ -236,7 +264,17 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
         objects.append(cm)
     objects += _optional("kube-system DaemonSets (the CNI)",
                          lambda: api.list("DaemonSet", "kube-system"), progress) or []
+    path_ns = {"kube-system"} | ({ns} if svc else set()) | (
+        {client_pod["metadata"]["namespace"]} if client_pod else set())
+    objects += network_policy_objects(api, path_ns, meta, progress)
+    return Gathered(api, meta, objects, svc, slices, nodes, proxies, dns_pods, cm, client_pod)
 
+
+def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
+             api: Api | None) -> Snapshot:
+    g = gather(flags, opts, progress, api)
+    api, meta, objects, svc, slices, nodes = g.api, g.meta, g.objects, g.svc, g.slices, g.nodes
+    proxies, dns_pods, client_pod, kc = g.proxies, g.dns_pods, g.client_pod, g.api.kc
     # -- the client: --from POD, --node, or a node chosen for the user ---------------------
     node_names = {_name(n) for n in nodes}
     if client_pod is not None:
@@ -259,22 +297,10 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
     meta["client"] = {"pod": (f"{client_pod['metadata']['namespace']}/{_name(client_pod)}"
                               if client_pod else None), "ip": ip, "node": node}
 
-    path_ns = {"kube-system"} | ({ns} if svc else set()) | (
-        {client_pod["metadata"]["namespace"]} if client_pod else set())
-    objects += network_policy_objects(api, path_ns, meta, progress)
-
     # -- the node's rules --------------------------------------------------------------
-    mode = proxy_mode_hint(cm)
-    ct_args = ""
-    if opts.conntrack and svc:
-        ip0 = svc["spec"].get("clusterIP") or ""
-        ct_args = f"-f ipv6 -d {ip0}" if ":" in ip0 else f"-d {ip0}"
+    mode, ct_args = g.mode, g.conntrack_args(opts)
     log = _node_log(api, opts, node, mode, ct_args, proxies, progress)
-    sections = debugpod.parse_log(log)
-    if not sections.complete and not sections.output:
-        raise ClusterIPError(f"the node dump from {node} holds no sections (does image "
-                             f"{opts.image} have sh?)")
-    files, info = debugpod.node_files(sections)
+    files, info = dump_files(node, log, opts.image)
     meta["nodeDump"] = {"node": node, "via": opts.via, "image": opts.image if opts.via == "pod"
                         else None, "modeHint": mode or None, **info}
     for failed, err in (info.get("errors") or {}).items():
@@ -290,6 +316,15 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
             meta["dnsNotChecked"] = str(e)
     return Snapshot(meta, objects, {node: NodeDumps(node, files)},
                     f"context {kc.context}")
+
+
+def dump_files(node: str, log: str, image: str) -> tuple[dict[str, str], dict]:
+    """The node's snapshot files from the dump script's log, and how they were read."""
+    sections = debugpod.parse_log(log)
+    if not sections.complete and not sections.output:
+        raise ClusterIPError(f"the node dump from {node} holds no sections (does image "
+                             f"{image} have sh?)")
+    return debugpod.node_files(sections)
 
 
 def _node_log(api: Api, opts: LiveOptions, node: str, mode: str, ct_args: str,

@@ -26,6 +26,7 @@ NAMESPACE = "kube-system"  # privileged by Pod Security Admission on kubeadm/kin
 LABELS = {"app.kubernetes.io/name": "kubectl-clusterip",
           "app.kubernetes.io/component": "node-debug"}
 NODE_LABEL = "clusterip.kubectl.dev/node"
+RUN_LABEL = "clusterip.kubectl.dev/run"  # one fleet run's pods, listed with one selector
 MARK = "==== kubectl-clusterip"
 
 # The script the pod (or kube-proxy exec) runs: POSIX sh, every command in its own section.
@@ -143,12 +144,15 @@ def pod_name(node: str) -> str:
 
 
 def pod_spec(node: str, image: str, mode: str = "", conntrack_args: str = "",
-             namespace: str = NAMESPACE, deadline: int = podlife.ACTIVE_DEADLINE) -> dict:
+             namespace: str = NAMESPACE, deadline: int = podlife.ACTIVE_DEADLINE,
+             run: str = "") -> dict:
     """The debug pod, as `kubectl debug node` makes one but with CAP_NET_ADMIN only."""
+    labels = {**LABELS, NODE_LABEL: podlife.label_value(node)}
+    if run:
+        labels[RUN_LABEL] = run
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name(node), "namespace": namespace,
-                     "labels": {**LABELS, NODE_LABEL: podlife.label_value(node)}},
+        "metadata": {"name": pod_name(node), "namespace": namespace, "labels": labels},
         "spec": {
             "nodeName": node,
             "hostNetwork": True,
@@ -182,10 +186,15 @@ def run_debug_pod(api: Api, pod: dict, timeout: float, progress: Progress,
                   **kw: object) -> str:
     """The dump script's log from the node (the pod deleted whatever happens)."""
     final, log = podlife.run_pod(api, pod, timeout, progress, "debug pod", **kw)  # type: ignore[arg-type]
+    return checked_log(final, log, f"debug pod on {pod['spec']['nodeName']}")
+
+
+def checked_log(final: dict, log: str, what: str) -> str:
+    """The log of a finished debug pod; a pod that failed before the script's end is an
+    error that quotes its last line."""
     if (final.get("status") or {}).get("phase") == "Failed" and f"{MARK} DONE ====" not in log:
         last = log.strip().splitlines()[-1:]
-        raise podlife.PodFailed(f"debug pod on {pod['spec']['nodeName']} failed "
-                                f"({podlife.terminated(final)})"
+        raise podlife.PodFailed(f"{what} failed ({podlife.terminated(final)})"
                                 + (f": {last[0]}" if last else ""))
     return log
 
