@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from kubectl_clusterip import reads
+from kubectl_clusterip import paste, reads
 from kubectl_clusterip.cilium import dataplane as cilium_dataplane
 from kubectl_clusterip.cilium.parse import detect as detect_cilium
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
-from kubectl_clusterip.iptables.parse import looks_like_iptables, parse_iptables_save
+from kubectl_clusterip.iptables.parse import looks_like_iptables
+from kubectl_clusterip.iptables.shapes import looks_like_iptables_paste, read_rulesets
 from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
 from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm
 from kubectl_clusterip.model import ClusterIPError, Node, Packet, ServicePort, Trace
@@ -72,14 +73,18 @@ def detect_format(text: str) -> str | None:
         return "xt-recent"
     if head.strip() in ("iptables", "ipvs", "nftables", "kernelspace"):
         return "proxy-mode"
-    return detect_cilium(text)
+    cilium = detect_cilium(text)
+    if cilium is not None:
+        return cilium
+    if looks_like_iptables_paste(head):  # iptables -S / -L, a grep of iptables-save
+        return "iptables"
+    return None
 
 
 # format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes
 def _build_iptables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
     recent = parse_xt_recent("\n".join(text for _, text in _all.get("xt-recent", [])))
-    return [IptablesDataplane(parse_iptables_save(text, source), recent=recent)
-            for source, text in dumps]
+    return [IptablesDataplane(rs, recent=recent) for rs in read_rulesets(dumps)]
 
 
 def _build_ipvs(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
@@ -102,14 +107,28 @@ CONSUMES = {"ipvsadm": ("iptables",), "cilium-services": ("cilium-lb",)}
 
 
 def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Dumps by format. A paste with prompts, fences or several dumps in it is split first
+    (kubectl_clusterip.paste); iptables pieces keep their prompt lines, since the iptables
+    reader takes the table and family from the command they show."""
     by_format: dict[str, list[tuple[str, str]]] = {}
     for source, text in dumps:
         fmt = detect_format(text)
-        if fmt is None:
-            raise ClusterIPError(f"{source}: not a recognised rule dump (iptables-save, "
-                                 "nft list ruleset, ipvsadm-save, ipset save or cilium-dbg "
-                                 "service list / bpf lb list / status output)")
-        by_format.setdefault(fmt, []).append((source, text))
+        if fmt is not None and not paste.looks_noisy(text):
+            by_format.setdefault(fmt, []).append((source, text))
+            continue
+        pieces = [(seg, detect_format(seg.text)) for seg in paste.clean(text)]
+        if pieces and all(f == "iptables" for _, f in pieces):
+            by_format.setdefault("iptables", []).append((source, text))
+            continue
+        for seg, f in pieces:
+            if f is None:
+                n, line = paste.first_line(seg.text)
+                seen = f":{n}: not a recognised rule dump: {line!r}" if line else \
+                    ": not a recognised rule dump (no text in it)"
+                raise ClusterIPError(f"{source}{seen}; run `iptables-save`, `nft list ruleset` "
+                                     "or `ipvsadm -Ln` on the node and give its output (or "
+                                     "cilium-dbg service list / bpf lb list / status)")
+            by_format.setdefault(f, []).append((source, seg.raw if f == "iptables" else seg.text))
     return by_format
 
 

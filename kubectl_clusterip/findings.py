@@ -17,6 +17,9 @@ CODES: dict[str, tuple[str, str]] = {
     "DroppedByRule": ("error", "rules"),
     "PartialDispatch": ("error", "dnat"),
     "UndecidedMatch": ("warning", "rules"),
+    # from reading a partial paste (iptables/shapes.py)
+    "PasteAssumption": ("warning", "rules"),
+    "KubeProxyChainsUnreachable": ("error", "rules"),
     "Hairpin": ("info", "reply"),
     "SessionAffinity": ("info", "dnat"),
     # from the API objects and the expectation (diagnose/)

@@ -88,15 +88,17 @@ def test_files_as_the_tools_print_them(path, fmt):
     ("nftables\n", "proxy-mode"),
     ("hello world\n", None),
     ("Chain INPUT (policy ACCEPT)\ntarget     prot opt source               destination\n",
-     None),  # `iptables -L` is not a dump
+     "iptables"),  # `iptables -L`: read as a listing (iptables/listing.py)
+    ("-A -t 10.0.0.1:80 -s rr\n", "ipvsadm"),  # ipvsadm-save -A, not an iptables rule
 ])
 def test_inline_samples(text, fmt):
     assert detect_format(text) == fmt
 
 
 def test_an_unrecognised_file_names_the_formats_it_wanted():
-    with pytest.raises(ClusterIPError, match=r"x\.txt: not a recognised rule dump"):
-        classify([("x.txt", "Chain INPUT (policy ACCEPT)\n")])
+    with pytest.raises(ClusterIPError, match=r"x\.txt:2: not a recognised rule dump: 'hello'; run "
+                                             r"`iptables-save`, `nft list ruleset` or"):
+        classify([("x.txt", "\nhello\n")])
 
 
 def dumps(*names: str) -> list[tuple[str, str]]:

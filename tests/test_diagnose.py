@@ -366,9 +366,9 @@ def test_hairpin_when_the_client_is_an_endpoint():
 def test_every_code_has_a_test():
     """Runs last in this file: each code in the public contract was produced above, but
     the IPVS-only codes, which tests/test_ipvs_walk.py produces from IPVS dumps, the
-    NetworkPolicy ones (tests/test_diagnose_policy.py), and the Cilium ones
-    (tests/test_cilium_*.py checks its own)."""
+    NetworkPolicy ones (tests/test_diagnose_policy.py), the partial-paste ones
+    (tests/test_iptables_shapes.py) and the Cilium ones (tests/test_cilium_*.py checks its own)."""
     elsewhere = {"IpvsSchedulerState", "IpvsDrainingRealServer", "NetworkPolicyDeniesIngress",
                  "NetworkPolicyDeniesEgress", "NetworkPolicyAllows", "NetworkPolicyNotEnforced",
-                 "NetworkPolicyDeniesDns"}
+                 "NetworkPolicyDeniesDns", "PasteAssumption", "KubeProxyChainsUnreachable"}
     assert {c for c in set(CODES) - TESTED if not c.startswith("Cilium")} == elsewhere

@@ -17,6 +17,7 @@ from kubectl_clusterip.endpoints import EndpointInfo, ServicePortInfo
 from kubectl_clusterip.findings import finding
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane
 from kubectl_clusterip.iptables.expected import ExpectedServicePort, expected_chains
+from kubectl_clusterip.iptables.shapes import read_rulesets
 from kubectl_clusterip.model import Finding, Trace
 from kubectl_clusterip.naming import endpoint_chain, nft_endpoint_chain
 from kubectl_clusterip.snapshot import Snapshot
@@ -37,7 +38,7 @@ def dataplanes_without_proxy(snap: Snapshot, node: str) -> list[IptablesDataplan
     by_format = classify(dumps)
     if set(by_format) - {"iptables", "ipset", "conntrack", "proxy-mode"}:
         return []  # another mode's dumps: its own error is the right answer
-    dps = [IptablesDataplane.from_text(t, s) for s, t in by_format.get("iptables", [])]
+    dps = [IptablesDataplane(rs) for rs in read_rulesets(by_format.get("iptables", []))]
     return [] if has_kube_proxy(dps) else dps
 
 

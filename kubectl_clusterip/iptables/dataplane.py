@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kubectl_clusterip.findings import finding
 from kubectl_clusterip.iptables.parse import Rule, Ruleset, parse_iptables_save, parse_rule
 from kubectl_clusterip.iptables.walk import Walker
 from kubectl_clusterip.model import (
@@ -57,9 +58,13 @@ class IptablesDataplane:
         return self.ruleset.source
 
     def has_kube_proxy(self) -> bool:
+        """kube-proxy's chains in nat, or (a filter-only paste) its REJECT/DROP rules."""
         nat = self.ruleset.table("nat")
-        return bool(nat and (nat.has_chain("KUBE-SERVICES") or any(
-            c.startswith("KUBE-SVC-") for c in nat.policies)))
+        if nat and (nat.has_chain("KUBE-SERVICES") or any(
+                c.startswith("KUBE-SVC-") for c in nat.policies)):
+            return True
+        flt = self.ruleset.table("filter")
+        return bool(flt and any(" endpoints\"" in ln for ln in flt.lines.get("KUBE-SERVICES", ())))
 
     def walk(self, packet: Packet, node: Node | None = None,
              recent: dict[str, set[str]] | None = None) -> list[Path]:
@@ -84,6 +89,12 @@ class IptablesDataplane:
         name = service_name_from_comment(parse_rule(step.table, step.rule).comment or "") \
             if step else None
         trace = assemble(packet, self.mode, paths, name, step)
+        trace.findings[:0] = [finding("PasteAssumption", a) for a in self.ruleset.assumptions]
+        if trace.verdict == "no-match":
+            why = unreached(self.ruleset, paths, packet)
+            if why is not None:
+                trace.findings = [f for f in trace.findings if f.code != "NoServiceRule"]
+                trace.findings.append(why)
         pinned = [s for c in trace.candidates for s in c.steps if "--rcheck" in s.rule]
         if pinned and len(trace.candidates) == 1:
             for f in trace.findings:
@@ -188,6 +199,43 @@ class IptablesDataplane:
         status = "ok" if missing < 1e-9 else ("no-endpoints" if not shares else "partial")
         return ServicePort(name, p.value, cip, dport, endpoints, status, affinity, r.target,
                            self.family)
+
+
+def unreached(ruleset: Ruleset, paths: list[Path], packet: Packet):
+    """Why a request that no rule claimed never met kube-proxy's chains, when it did not:
+    the dump has no nat table, or nothing in the hook jumps into KUBE-SERVICES (flushed
+    base-chain jumps, kube-proxy's own test output), or a rule before the jump ends the walk.
+    None when the walk did go through KUBE-SERVICES (then no rule there captures it)."""
+    if any(s.effect == "jump KUBE-SERVICES" and s.table == "nat" for p in paths for s in p.steps):
+        return None
+    nat = ruleset.table("nat")
+    hook = "OUTPUT" if packet.from_host else "PREROUTING"
+    if nat is None:
+        if not IptablesDataplane(ruleset).has_kube_proxy():
+            return None
+        return finding("KubeProxyChainsUnreachable",
+                       f"{ruleset.source} holds no nat table, where kube-proxy DNATs Service "
+                       "traffic: only its filter rules are there, so nothing says where "
+                       f"{packet.dst_ip}:{packet.dst_port} goes",
+                       hint="also paste `iptables -t nat -S` (or the whole `iptables-save`)")
+    if not nat.has_chain("KUBE-SERVICES"):
+        return None
+    jumps = [ln for ln in nat.lines.get(hook, ()) if ln.endswith(" -j KUBE-SERVICES")
+             or " -j KUBE-SERVICES " in ln]
+    if not jumps:
+        return finding("KubeProxyChainsUnreachable",
+                       f"the packet never reaches kube-proxy's chains: nat {hook} has no rule "
+                       "jumping to KUBE-SERVICES (kube-proxy's base-chain jumps were flushed, "
+                       "e.g. by a firewall reload, or the dump was taken before kube-proxy "
+                       "installed them)", "; ".join(nat.lines.get(hook, ())[:3]),
+                       "restart kube-proxy on the node so it re-adds its jumps; check what "
+                       "flushes nat " + hook)
+    last = next((p.steps[-1] for p in paths if p.steps), None)
+    return finding("KubeProxyChainsUnreachable",
+                   f"the packet never reaches kube-proxy's chains: nat {hook} jumps to "
+                   "KUBE-SERVICES, but " + (f"{last.table} {last.chain} ends the walk first"
+                                            if last else "that rule does not match it"),
+                   last.rule if last else jumps[0])
 
 
 def parse_xt_recent(text: str) -> dict[str, set[str]]:

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from kubectl_clusterip.iptables.values import check_rule
 from kubectl_clusterip.model import ClusterIPError
+from kubectl_clusterip.paste import shorten
 
 BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),
@@ -30,7 +32,9 @@ _BASE = {
     "-o": "-o", "--out-interface": "-o",
     "-f": "-f", "--fragment": "-f",
 }
-_TOKEN = re.compile(r'"((?:\\.|[^"\\])*)"|(\S+)')
+# Unrolled (`[^"\\]*(?:\\.[^"\\]*)*`) so a 10 MB comment is one scan, not one regex
+# stack frame per character.
+_TOKEN = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"|(\S+)')
 
 
 class Option(NamedTuple):
@@ -105,7 +109,7 @@ def parse_rule(table: str, line: str) -> Rule:
     tokens, quoted = tokenize(line)
     n = len(tokens)
     if n < 2 or tokens[0] != "-A":
-        raise ClusterIPError(f"not an iptables rule: {line[:80]!r}")
+        raise ClusterIPError(f"not an iptables rule: {shorten(line)!r}")
     base: list[Option] = []
     matches: list[Match] = []
     module = ""
@@ -162,6 +166,7 @@ def parse_rule(table: str, line: str) -> Rule:
         i = j
     if base:
         matches.insert(0, Match("", tuple(base)))
+    check_rule(matches, target_opts)
     return Rule(table, tokens[1], line, tuple(matches), target, tuple(target_opts), goto)
 
 
@@ -176,6 +181,11 @@ class Table:
     lines: dict[str, list[str]] = field(default_factory=dict)  # chain -> raw rule lines
     _parsed: dict[str, list[Rule | None]] = field(default_factory=dict)
     _hints: dict[str, list[str | None]] = field(default_factory=dict)
+    source: str = ""
+    # Where rules came from, for errors: a chain's first line (iptables-save groups a chain's
+    # rules), or every rule's line when a paste was put together from pieces.
+    first_line: dict[str, int] = field(default_factory=dict)
+    line_numbers: dict[str, list[int]] = field(default_factory=dict)
 
     def rules(self, chain: str) -> list[Rule]:
         return [self.rule(chain, i) for i in range(len(self.lines.get(chain, ())))]
@@ -186,8 +196,22 @@ class Table:
             cache = self._parsed[chain] = [None] * len(self.lines[chain])
         got = cache[index]
         if got is None:
-            got = cache[index] = parse_rule(self.name, self.lines[chain][index])
+            try:
+                got = cache[index] = parse_rule(self.name, self.lines[chain][index])
+            except ClusterIPError as e:
+                raise ClusterIPError(f"{self.where(chain, index)}: {e}") from None
         return got
+
+    def where(self, chain: str, index: int) -> str:
+        """`file:line` of a rule, as far as it is known."""
+        numbers = self.line_numbers.get(chain)
+        if numbers is not None and index < len(numbers):
+            line: int | None = numbers[index]
+        else:
+            first = self.first_line.get(chain)
+            line = first + index if first is not None else None
+        where = self.source or "dump"
+        return f"{where}:{line}" if line else f"{where}: table {self.name} chain {chain}"
 
     def count(self, chain: str) -> int:
         return len(self.lines.get(chain, ()))
@@ -219,6 +243,9 @@ class Ruleset:
     tables: dict[str, Table]
     backend: str | None = None  # "nf_tables" or "legacy" when the header says
     source: str = ""
+    # What a partial paste made us assume (inferred tables, kube-proxy's standard hooks…):
+    # each becomes a warning finding on every trace through this ruleset.
+    assumptions: list[str] = field(default_factory=list)
 
     def table(self, name: str) -> Table | None:
         return self.tables.get(name)
@@ -277,6 +304,8 @@ def parse_iptables_save(text: str, source: str = "", family: int | None = None) 
             if parts[0] != "-A" or len(parts) < 2:
                 raise ClusterIPError(f"{where}:{lineno}: unreadable line {raw[:60]!r}")
             bucket = current.lines.setdefault(parts[1], [])
+            if not bucket:
+                current.first_line[parts[1]] = lineno
             bucket.append(line)
             prefix = f"-A {parts[1]} " if line == raw else "\0"
             if saw_family is None and (" -s " in line or " -d " in line):
@@ -292,7 +321,9 @@ def parse_iptables_save(text: str, source: str = "", family: int | None = None) 
             current_table.policies[parts[0]] = parts[1] if len(parts) > 1 else "-"
         elif c == "*":
             prefix = "\0"
-            current = Table(line[1:].strip())
+            current = Table(line[1:].strip(), source=where)
+            if current.name in tables:  # several dumps in one file: iptables.shapes splits them
+                raise ClusterIPError(f"{where}:{lineno}: a second *{current.name} table")
             tables[current.name] = current
         elif line == "COMMIT":
             current, prefix = None, "\0"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from kubectl_clusterip.findings import finding
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane
-from kubectl_clusterip.iptables.parse import Ruleset, parse_iptables_save
+from kubectl_clusterip.iptables.parse import Ruleset
+from kubectl_clusterip.iptables.shapes import read_rulesets
 from kubectl_clusterip.ipvs.parse import (
     IpSet,
     IpvsTable,
@@ -27,7 +28,6 @@ from kubectl_clusterip.ipvs.parse import (
 )
 from kubectl_clusterip.ipvs.walk import IpvsWalker, describe_scheduler, shares
 from kubectl_clusterip.model import (
-    ClusterIPError,
     Finding,
     Node,
     Packet,
@@ -202,13 +202,7 @@ def build(ipvs_dumps: list[tuple[str, str]], iptables_dumps: list[tuple[str, str
     sets: dict[str, IpSet] = {}
     for source, text in ipset_dumps:
         sets.update(parse_ipset(text, source))
-    rulesets: dict[int, Ruleset] = {}
-    for source, text in iptables_dumps:
-        rs = parse_iptables_save(text, source)
-        if rs.family in rulesets:
-            raise ClusterIPError(f"{source}: a second IPv{rs.family} iptables dump for the node "
-                                 f"(first: {rulesets[rs.family].source})")
-        rulesets[rs.family] = rs
+    rulesets = {rs.family: rs for rs in read_rulesets(iptables_dumps)}
     families = sorted(set(rulesets) | {vs.family for vs in table.services})
     out = []
     for fam in families:

@@ -1,0 +1,394 @@
+"""Every shape iptables rules get pasted in, read into one Ruleset per IP family.
+
+`iptables-save` output takes the fast path (parse.parse_iptables_save). Anything else, or a
+save with noise around it, is cleaned (kubectl_clusterip.paste) and read by shape:
+
+* `iptables -S` / `iptables -t nat -S` / `ip6tables -S`: `-P`/`-N`/`-A` lines, no table
+  header. The table is the `-t` of the command when the paste shows it; else the policies a
+  section starts with name it (nat has PREROUTING..POSTROUTING, filter INPUT/FORWARD/OUTPUT);
+  else each rule is put where kube-proxy writes such a rule (`infer_table`).
+* `iptables -L -n [-v] [-x] [--line-numbers]`: converted row by row (iptables.listing).
+* Fragments (`iptables-save | grep my-service`): rules whose table and hooks are missing.
+  kube-proxy's standard hooks and masquerade chains are assumed where a fragment needs them.
+
+Files given separately (filter in one, nat in another) are merged per family. Everything
+assumed is recorded in `Ruleset.assumptions`, and every trace reports it as a finding.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubectl_clusterip import paste
+from kubectl_clusterip.iptables.listing import CHAIN, ListingError, header_columns, rule_spec
+from kubectl_clusterip.iptables.parse import BUILTIN_CHAINS, Ruleset, Table, parse_iptables_save
+from kubectl_clusterip.model import ClusterIPError
+
+_TABLE_FLAG = re.compile(r"(?:^|\s)(?:-t\s*|--table[= ])(\w+)")
+_SAVE_START = ("-A ", ":", "*", "COMMIT", "#", "[")
+_SPEC_START = ("-A ", "-P ", "-N ", "-I ", ":", "*", "COMMIT", "#", "[")
+NAT_CHAINS = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-",
+              "KUBE-MARK-MASQ", "KUBE-MARK-DROP", "KUBE-POSTROUTING", "PREROUTING",
+              "POSTROUTING")
+NAT_TARGETS = ("DNAT", "SNAT", "MASQUERADE", "REDIRECT", *NAT_CHAINS[:8])
+FILTER_CHAINS = ("KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-EXTERNAL-SERVICES",
+                 "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY", "INPUT", "FORWARD")
+FILTER_TARGETS = ("REJECT", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-EXTERNAL-SERVICES",
+                  "KUBE-PROXY-FIREWALL")
+# kube-proxy's own rules, for fragments that refer to them without holding them.
+PORTALS = '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+STANDARD = {
+    ("nat", "PREROUTING"): [f"-A PREROUTING {PORTALS}"],
+    ("nat", "OUTPUT"): [f"-A OUTPUT {PORTALS}"],
+    ("nat", "KUBE-MARK-MASQ"): ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"],
+    ("nat", "POSTROUTING"): ['-A POSTROUTING -m comment --comment "kubernetes postrouting '
+                             'rules" -j KUBE-POSTROUTING'],
+    ("nat", "KUBE-POSTROUTING"): [
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE"],
+    ("filter", "FORWARD"): [f"-A FORWARD -m conntrack --ctstate NEW {PORTALS}"],
+    ("filter", "OUTPUT"): [f"-A OUTPUT -m conntrack --ctstate NEW {PORTALS}"],
+}
+HINT = ("paste the output of `iptables-save` (and `ip6tables-save`) from the node, or "
+        "`iptables -t nat -S` and `iptables -S`")
+
+
+_PASTE = re.compile(r"^(?:-[APN] [^-\s]|Chain \S+ \((?:policy \w+|\d+ references?)|:KUBE-\S+ - \[)",
+                    re.M)
+
+
+def looks_like_iptables_paste(head: str) -> bool:
+    """`iptables -S`, `iptables -L` or grep'd iptables-save lines (ipvsadm-save's `-A -t`
+    is not one)."""
+    return bool(_PASTE.search(head))
+
+
+def read_rulesets(dumps: list[tuple[str, str]]) -> list[Ruleset]:
+    """One Ruleset per IP family from all of a node's iptables dumps, whatever their shape."""
+    parts: list[Ruleset] = []
+    for source, text in dumps:
+        try:
+            parts.append(parse_iptables_save(text, source))
+        except ClusterIPError:
+            parts.extend(read_paste(text, source))
+    return [assume_kube_proxy(rs) for rs in merge(parts)]
+
+
+def read_paste(text: str, source: str) -> list[Ruleset]:
+    """The rulesets in a paste that is not plain iptables-save output."""
+    out: list[Ruleset] = []
+    for seg in paste.clean(text):
+        lines = seg.lines()
+        family = 6 if seg.command and "ip6tables" in seg.command else None
+        table = _command_table(seg.command)
+        found: list[Ruleset] = []
+        if any(ln.startswith("*") for ln in lines):
+            for piece in _split_saves(lines):
+                found.append(parse_iptables_save(piece, source, family))
+        elif any(CHAIN.match(ln) for ln in lines):
+            found.extend(_read_listing(lines, source, family, table))
+        elif any(ln.startswith(("-A ", "-P ", "-N ")) for ln in lines):
+            found.extend(_read_spec(lines, source, family, table))
+        if seg.elided:
+            where = ", ".join(str(n) for n in seg.elided[:5])
+            for rs in found:
+                rs.assumptions.append(f"{source}: lines were elided (`...` at line {where}): "
+                                      "rules there are unknown to the trace")
+        out.extend(found)
+    if not out:
+        n, line = paste.first_line(text, lambda ln: paste.prompt_command(ln) is not None)
+        raise ClusterIPError(f"{source}:{n}: no iptables rules in {line!r}: {HINT}")
+    return out
+
+
+def _command_table(command: str | None) -> str | None:
+    """`-t nat` of the command the paste shows; `iptables -S`/`-L` alone lists filter."""
+    if not command or "tables" not in command:
+        return None
+    m = _TABLE_FLAG.search(command)
+    if m:
+        return m.group(1)
+    return None if "-save" in command else "filter"
+
+
+def _split_saves(lines: list[str]) -> list[str]:
+    """Concatenated iptables-save outputs, each padded to keep its line numbers."""
+    lines = paste.join_wrapped(lines, lambda ln: ln.startswith(_SAVE_START))
+    pieces: list[str] = []
+    start, seen = 0, set()
+    for i, ln in enumerate(lines):
+        name = ln[1:].strip() if ln.startswith("*") else None
+        new_header = ln.startswith("# Generated by") and seen
+        if (name is not None and name in seen) or new_header:
+            pieces.append("\n" * start + "\n".join(lines[start:i]))
+            start, seen = i, set()
+        if name is not None:
+            seen.add(name)
+    pieces.append("\n" * start + "\n".join(lines[start:]))
+    return [p for p in pieces if p.strip()]
+
+
+def infer_table(chain: str, line: str) -> str:
+    """The table kube-proxy writes such a rule in (for `-S` output and fragments)."""
+    target = line.rsplit(" -j ", 1)[-1].split(" ", 1)[0] if " -j " in line else ""
+    if target == "KUBE-SERVICES":
+        return "filter" if chain in ("INPUT", "FORWARD") or "--ctstate NEW" in line else "nat"
+    if chain == "KUBE-SERVICES" or chain == "KUBE-NODEPORTS":
+        return "filter" if target in ("REJECT", "DROP", "ACCEPT") else "nat"
+    if target.startswith(NAT_TARGETS) or chain.startswith(NAT_CHAINS):
+        return "nat"
+    if target.startswith(FILTER_TARGETS) or chain.startswith(FILTER_CHAINS):
+        return "filter"
+    return "filter"  # iptables' own default table
+
+
+def _table_of_policies(chains: set[str]) -> str | None:
+    for name in ("mangle", "nat", "filter", "raw"):
+        if set(BUILTIN_CHAINS[name]) == chains:
+            return name
+    return None
+
+
+def _family(lines: list[str], given: int | None) -> int:
+    if given:
+        return given
+    for ln in lines:
+        for flag in (" -d ", " -s "):
+            if flag in ln:
+                addr = ln.split(flag, 1)[1].split(" ", 1)[0]
+                return 6 if ":" in addr else 4
+    return 4
+
+
+def _read_spec(lines: list[str], source: str, family: int | None,
+               table: str | None) -> list[Ruleset]:
+    """`iptables -S` output, several tables' worth, or grep'd iptables-save rules."""
+    lines = paste.join_wrapped(lines, lambda ln: ln.startswith(_SPEC_START))
+    sections: list[list[tuple[int, str]]] = [[]]
+    after_rules = False
+    for n, ln in enumerate(lines, 1):
+        if not ln or ln.startswith(("#", "*", "COMMIT")):
+            continue
+        if ln.startswith("-P ") and after_rules:
+            sections.append([])  # a second table's -S output, pasted after the first
+            after_rules = False
+        after_rules = after_rules or not ln.startswith("-P ")
+        sections[-1].append((n, ln))
+    out = []
+    for section in sections:
+        if not section:
+            continue
+        tables: dict[str, Table] = {}
+        policies = {ln.split()[1]: ln.split()[2] for _, ln in section
+                    if ln.startswith("-P ") and len(ln.split()) > 2}
+        fixed = table or _table_of_policies(set(policies))
+        inferred: dict[str, int] = {}
+        declared: list[str] = []
+        for n, ln in section:
+            words = ln.split(" ", 2)
+            if ln.startswith(":"):
+                declared.append(ln[1:].split()[0])
+                continue
+            if words[0] in ("-N", "-P"):
+                if words[0] == "-N" and len(words) > 1:
+                    declared.append(words[1])
+                continue
+            if words[0] == "[" or ln.startswith("["):  # -c counters
+                ln = ln.split("] ", 1)[1] if "] " in ln else ln
+                words = ln.split(" ", 2)
+            if words[0] not in ("-A", "-I") or len(words) < 2:
+                raise ClusterIPError(f"{source}:{n}: not an iptables rule: "
+                                     f"{paste.shorten(ln)!r}: {HINT}")
+            chain = words[1]
+            name = fixed or infer_table(chain, ln)
+            if not fixed:
+                inferred[name] = inferred.get(name, 0) + 1
+            t = tables.setdefault(name, Table(name, source=source))
+            t.lines.setdefault(chain, []).append("-A " + ln[3:] if words[0] == "-I" else ln)
+            t.line_numbers.setdefault(chain, []).append(n)
+        if fixed:
+            t = tables.setdefault(fixed, Table(fixed, source=source))
+            t.policies.update(policies)
+        for chain in declared:
+            home = fixed or next((name for name, t in tables.items() if chain in t.lines),
+                                 infer_table(chain, ""))
+            tables.setdefault(home, Table(home, source=source)).policies.setdefault(chain, "-")
+        rs = Ruleset(_family([ln for _, ln in section], family), tables, source=source)
+        if inferred:
+            counts = ", ".join(f"{k} {v} rule{'s' * (v != 1)}" for k, v in sorted(inferred.items()))
+            rs.assumptions.append(
+                f"{source}: the rules carry no table (`iptables -S` without `-t`, or a grep): "
+                f"each was put where kube-proxy writes it ({counts})")
+        elif table is None and fixed:
+            rs.assumptions.append(f"{source}: table {fixed} inferred from the chain policies "
+                                  f"({', '.join(sorted(policies))})")
+        out.append(rs)
+    return out
+
+
+def _read_listing(lines: list[str], source: str, family: int | None,
+                  table: str | None) -> list[Ruleset]:
+    """`iptables -L -n` output (any of -v, -x, --line-numbers), one table or several."""
+    if family is None:
+        family = 6 if any("::/0" in ln or " :: " in ln for ln in lines[:2000]) else None
+    sections: list[dict] = []
+    chain: str | None = None
+    columns: list[str] | None = None
+    for n, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        m = CHAIN.match(ln)
+        if m:
+            chain = m.group(1)
+            if not sections or chain in sections[-1]["chains"]:
+                sections.append({"chains": {}, "policies": {}, "rows": []})
+            sections[-1]["chains"][chain] = []
+            sections[-1]["policies"][chain] = m.group(2) or "-"
+            columns = None
+            continue
+        if chain is None:
+            raise ClusterIPError(f"{source}:{n}: not iptables -L output: "
+                                 f"{paste.shorten(ln.strip())!r}: {HINT}")
+        cols = header_columns(ln)
+        if cols is not None and columns is None:
+            columns = cols
+            continue
+        if columns is None:
+            raise ClusterIPError(f"{source}:{n}: a rule before the column header of chain "
+                                 f"{chain}: {paste.shorten(ln.strip())!r}")
+        sections[-1]["rows"].append((n, chain, ln, columns))
+    out = []
+    for sec in sections:
+        builtins = {c for c, p in sec["policies"].items() if p != "-"}
+        fixed = table if len(sections) == 1 and table else _table_of_policies(builtins)
+        fam = family or 4
+        tables: dict[str, Table] = {}
+        inferred = 0
+        for n, chain, ln, cols in sec["rows"]:
+            try:
+                spec = rule_spec(chain, ln, cols, fam)
+            except ListingError as e:
+                raise ClusterIPError(f"{source}:{n}: {e}") from None
+            if family is None and (" -d " in spec or " -s " in spec) and ":" in \
+                    spec.split(" -d " if " -d " in spec else " -s ", 1)[1].split(" ", 1)[0]:
+                fam = 6
+            name = fixed or infer_table(chain, spec)
+            inferred += fixed is None
+            t = tables.setdefault(name, Table(name, source=source))
+            t.lines.setdefault(chain, []).append(spec)
+            t.line_numbers.setdefault(chain, []).append(n)
+        for chain, policy in sec["policies"].items():
+            home = fixed or next((t for t, tb in tables.items() if chain in tb.lines),
+                                 infer_table(chain, ""))
+            tables.setdefault(home, Table(home, source=source)).policies[chain] = policy
+        rs = Ruleset(fam, tables, source=source)
+        if fixed and not table:
+            rs.assumptions.append(f"{source}: table {fixed} inferred from its built-in chains "
+                                  f"({', '.join(sorted(builtins))})")
+        elif inferred:
+            rs.assumptions.append(f"{source}: the listing names no table: each rule was put "
+                                  "where kube-proxy writes it")
+        out.append(rs)
+    return out
+
+
+def merge(parts: list[Ruleset]) -> list[Ruleset]:
+    """One ruleset per family: tables from several files (or pieces of one) side by side."""
+    by_family: dict[int, Ruleset] = {}
+    for rs in parts:
+        have = by_family.get(rs.family)
+        if have is None:
+            by_family[rs.family] = rs
+            continue
+        have.source = ", ".join(dict.fromkeys([*have.source.split(", "), rs.source]))
+        have.backend = have.backend or rs.backend
+        have.assumptions.extend(a for a in rs.assumptions if a not in have.assumptions)
+        for name, t in rs.tables.items():
+            into = have.tables.get(name)
+            if into is None:
+                have.tables[name] = t
+                continue
+            if _complete(into) and _complete(t) and any(into.lines.get(c) for c in t.lines):
+                raise ClusterIPError(f"{t.source}: table {name} (IPv{rs.family}) was already "
+                                     f"given in {into.source}: give each table once")
+            _merge_table(into, t)
+    return sorted(by_family.values(), key=lambda r: r.family)
+
+
+def _merge_table(into: Table, t: Table) -> None:
+    for chain, policy in t.policies.items():
+        if into.policies.get(chain, "-") == "-":
+            into.policies[chain] = policy
+    for chain, lines in t.lines.items():
+        have = into.lines.setdefault(chain, [])
+        numbers = into.line_numbers.setdefault(chain, [0] * len(have))
+        new = [i for i, ln in enumerate(lines) if ln not in set(have)]
+        have.extend(lines[i] for i in new)
+        theirs = t.line_numbers.get(chain)
+        numbers.extend(theirs[i] if theirs and i < len(theirs) else 0 for i in new)
+    into._parsed.clear()
+    into._hints.clear()
+
+
+def _complete(t: Table) -> bool:
+    """A table pasted whole: at least one of its built-in chains is declared."""
+    return any(c in t.policies for c in BUILTIN_CHAINS.get(t.name, ()))
+
+
+def _holds(t: Table | None, chain: str) -> bool:
+    return t is not None and (chain in t.policies or bool(t.lines.get(chain)))
+
+
+def _refers(t: Table, target: str) -> bool:
+    needle = f"-j {target}"
+    return any(needle in ln for lines in t.lines.values() for ln in lines)
+
+
+def assume_kube_proxy(rs: Ruleset) -> Ruleset:
+    """Give a fragment kube-proxy's standard hooks and masquerade chains where it refers to
+    them without holding them; each assumption is recorded, none is silent."""
+    nat, flt = rs.tables.get("nat"), rs.tables.get("filter")
+    added: list[str] = []
+
+    def add(t: Table, chain: str) -> None:
+        rules = STANDARD[(t.name, chain)]
+        t.lines.setdefault(chain, []).extend(rules)
+        t.line_numbers.setdefault(chain, []).extend(0 for _ in rules)
+        t._parsed.pop(chain, None)
+        t._hints.pop(chain, None)
+        added.append(f"{t.name} {chain}")
+
+    if nat is not None and not _complete(nat):
+        if _holds(nat, "KUBE-SERVICES"):
+            for hook in ("PREROUTING", "OUTPUT"):
+                if not nat.lines.get(hook):
+                    add(nat, hook)
+        if _refers(nat, "KUBE-MARK-MASQ") and not nat.lines.get("KUBE-MARK-MASQ"):
+            add(nat, "KUBE-MARK-MASQ")
+            if not nat.lines.get("KUBE-POSTROUTING"):
+                add(nat, "KUBE-POSTROUTING")
+            if not nat.lines.get("POSTROUTING"):
+                add(nat, "POSTROUTING")
+    if flt is not None and not _complete(flt) and _holds(flt, "KUBE-SERVICES"):
+        for hook in ("FORWARD", "OUTPUT"):
+            if not flt.lines.get(hook):
+                add(flt, hook)
+    for what in added:
+        rs.assumptions.append(f"{rs.source}: the paste has no {what} rules: assumed kube-proxy's "
+                              f"standard ones ({STANDARD[tuple(what.split())][0][3:]})"
+                              if len(STANDARD[tuple(what.split())]) == 1 else
+                              f"{rs.source}: the paste has no {what} rules: assumed "
+                              "kube-proxy's standard masquerade chain")
+    for t in (nat, flt):
+        if t is not None and not _complete(t):
+            missing = sorted({ln.rsplit(" -j ", 1)[1].split(" ", 1)[0]
+                              for lines in t.lines.values() for ln in lines if " -j KUBE-" in ln}
+                             - set(t.lines) - set(t.policies))
+            if missing:
+                shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more"
+                                                 if len(missing) > 4 else "")
+                rs.assumptions.append(f"{rs.source}: {t.name} chains the rules jump to are not "
+                                      f"in the paste ({shown}): the walk cannot follow them")
+    return rs
