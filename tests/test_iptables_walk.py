@@ -6,7 +6,7 @@ import pytest
 from kube_objects import endpoint_slice, rules_for, service
 
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane
-from kubectl_clusterip.model import Address, Node, Packet, Route
+from kubectl_clusterip.model import Address, ClusterIPError, Node, Packet, Route
 
 NODE = Node("node", (Address("172.18.0.2", 16, "eth0"), Address("10.244.1.1", 32, "veth1")),
             (Route("default", "eth0", None, "172.18.0.1"), Route("10.244.1.10", "veth1"),
@@ -169,10 +169,40 @@ def test_undecidable_match_is_reported_not_assumed_silently():
     assert any(f.code == "UndecidedMatch" and "-i cni0" in f.message for f in t.findings)
 
 
-def test_jump_loop_terminates():
-    dp = _dump(":L - [0:0]\n-A PREROUTING -j L\n-A L -j L\n")
+@pytest.mark.parametrize("rules, shown", [
+    (":L - [0:0]\n-A PREROUTING -j L\n-A L -j L\n", "PREROUTING -> L -> L"),
+    (":L - [0:0]\n-A PREROUTING -j L\n-A L -g L\n", "PREROUTING -> L -> L"),  # -g self-loop
+    (":A - [0:0]\n:B - [0:0]\n-A PREROUTING -g A\n-A A -g B\n-A B -g A\n",
+     "PREROUTING -> A -> B -> A"),
+    (":A - [0:0]\n:B - [0:0]\n-A PREROUTING -j A\n-A A -g B\n-A B -j A\n",
+     "PREROUTING -> A -> B -> A"),
+])
+def test_rule_loops_are_a_hand_edited_dump(rules, shown):
+    """The kernel refuses loops (jump or goto), so a dump with one was edited: say where."""
+    dp = _dump(rules)
+    with pytest.raises(ClusterIPError, match=r"t:\d+: nat chain \S+ (jumps|goes) back into "
+                       rf"\S+ \({shown}\): the kernel refuses rule loops"):
+        dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
+
+
+def test_a_chain_met_twice_without_a_loop_is_walked_twice():
+    dp = _dump(":M - [0:0]\n:A - [0:0]\n-A PREROUTING -j M\n-A PREROUTING -g A\n"
+               "-A A -j M\n-A M -j MARK --set-xmark 0x1/0x0\n")
     t = dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
-    assert t.verdict == "no-match" and any("depth" in n for n in t.notes)
+    assert [s.effect for s in t.steps] == ["jump M", "mark 0x1", "goto A", "jump M", "mark 0x0"]
+
+
+def test_statistic_fan_out_is_bounded(monkeypatch):
+    from kubectl_clusterip.iptables import walk
+
+    monkeypatch.setattr(walk, "MAX_BRANCHES", 50)
+    chains = "".join(f":S{i} - [0:0]\n" for i in range(3))
+    rules = "-A PREROUTING -j S0\n" + "".join(
+        f"-A S{i} -m statistic --mode random --probability 0.5 -j S{i + 1}\n" * 8
+        for i in range(2))
+    dp = _dump(chains + rules)
+    with pytest.raises(ClusterIPError, match="more than 50 ways through the rules"):
+        dp.trace(Packet("10.1.0.1", "10.96.0.1", 80), NODE)
 
 
 def test_nodeport_needs_the_node_address():

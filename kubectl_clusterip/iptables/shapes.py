@@ -365,12 +365,10 @@ def assume_kube_proxy(rs: Ruleset) -> Ruleset:
             for hook in ("PREROUTING", "OUTPUT"):
                 if not nat.lines.get(hook):
                     add(nat, hook)
-        if _refers(nat, "KUBE-MARK-MASQ") and not nat.lines.get("KUBE-MARK-MASQ"):
-            add(nat, "KUBE-MARK-MASQ")
-            if not nat.lines.get("KUBE-POSTROUTING"):
-                add(nat, "KUBE-POSTROUTING")
-            if not nat.lines.get("POSTROUTING"):
-                add(nat, "POSTROUTING")
+        if _refers(nat, "KUBE-MARK-MASQ"):
+            for chain in ("KUBE-MARK-MASQ", "KUBE-POSTROUTING", "POSTROUTING"):
+                if not nat.lines.get(chain):
+                    add(nat, chain)
     if flt is not None and not _complete(flt) and _holds(flt, "KUBE-SERVICES"):
         for hook in ("FORWARD", "OUTPUT"):
             if not flt.lines.get(hook):

@@ -15,10 +15,13 @@ from typing import Protocol
 
 from kubectl_clusterip.branch import Branch, canonical, in_cidr
 from kubectl_clusterip.iptables.parse import BUILTIN_CHAINS, Match, Option, Rule, Ruleset
-from kubectl_clusterip.model import Node, Packet, Path, Step, join_host_port
+from kubectl_clusterip.model import ClusterIPError, Node, Packet, Path, Step, join_host_port
 
 MAX_RULES_PER_WALK = 200_000
 MAX_DEPTH = 64
+# Live branches of one walk: kube-proxy splits once per service (one branch per endpoint,
+# 5,000 endpoints at most in practice); nested statistic chains multiply.
+MAX_BRANCHES = 100_000
 _PROTO_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132", "icmp": "1", "ipv6-icmp": "58"}
 
 
@@ -133,17 +136,30 @@ class Walker:
         t = self.ruleset.table(table)
         policy = (t.policies.get(chain, "ACCEPT") if t else "ACCEPT")
         out: list[_Outcome] = []
-        todo: list[tuple[Branch, tuple[tuple[str, int], ...]]] = [(st, ((chain, 0),))]
+        # A frame is (chain, next rule index); a chain entered by goto is (chain, index, True):
+        # when it ends, the frame it replaced ends too (it is kept only for loop detection).
+        todo: list[tuple[Branch, tuple[tuple, ...]]] = [(st, ((chain, 0),))]
         budget = MAX_RULES_PER_WALK
         while todo:
+            if len(todo) + len(out) > MAX_BRANCHES:
+                raise ClusterIPError(
+                    f"{self.ruleset.source or 'dump'}: {table} {chain}: more than {MAX_BRANCHES} "
+                    "ways through the rules (statistic fan-out); kube-proxy never writes that "
+                    "many, so the dump was edited by hand")
             st, stack = todo.pop()
-            name, idx = stack[-1]
+            frame = stack[-1]
+            name, idx = frame[0], frame[1]
             count = t.count(name) if t else 0
             hints = t.destinations(name) if t else []
-            while idx < count and hints[idx] is not None and not in_cidr(st.dst, hints[idx]):
-                idx += 1  # skipped unparsed: its -d cannot match
+            try:
+                while idx < count and hints[idx] is not None and not in_cidr(st.dst, hints[idx]):
+                    idx += 1  # skipped unparsed: its -d cannot match
+            except ValueError:
+                assert t is not None
+                t.rule(name, idx)  # raises ClusterIPError naming the file, line and value
+                raise
             if idx >= count:
-                stack = stack[:-1]
+                stack = _leave(stack)
                 if not stack:
                     out.append(_Outcome("drop" if policy == "DROP" else "accept", st))
                 else:
@@ -156,7 +172,7 @@ class Walker:
                 continue
             assert t is not None
             rule = t.rule(name, idx)
-            stack = (*stack[:-1], (name, idx + 1))
+            stack = (*stack[:-1], (name, idx + 1, *frame[2:]))
             p, notes = self._matches(rule, st)
             if p == 0.0:
                 if notes:
@@ -179,12 +195,17 @@ class Walker:
             return
         t = self.ruleset.table(table)
         if t is not None and t.has_chain(target) and target not in BUILTIN_CHAINS.get(table, ()):
+            if any(f[0] == target for f in stack):
+                path = " -> ".join([*(f[0] for f in stack), target])
+                raise ClusterIPError(
+                    f"{t.where(rule.chain, stack[-1][1] - 1)}: {table} chain {rule.chain} "
+                    f"{'goes' if rule.goto else 'jumps'} back into {target} ({path}): the "
+                    "kernel refuses rule loops, so this dump was edited by hand")
             if len(stack) >= MAX_DEPTH:
                 out.append(_Outcome("accept", st.note(f"jump depth over {MAX_DEPTH}")))
                 return
             st = self._step(st, rule, f"{'goto' if rule.goto else 'jump'} {target}")
-            base = stack[:-1] if rule.goto else stack
-            todo.append((st, (*base, (target, 0))))
+            todo.append((st, (*stack, (target, 0, True) if rule.goto else (target, 0))))
             return
         if target == "ACCEPT":
             out.append(_Outcome("accept", self._step(st, rule, "accept")))
@@ -192,10 +213,11 @@ class Walker:
             out.append(_Outcome(target.lower(), self._step(st, rule, target.lower())))
         elif target == "RETURN":
             st = self._step(st, rule, "return")
-            if len(stack) == 1:
+            stack = _leave(stack)
+            if not stack:
                 out.append(_Outcome("accept", st))
             else:
-                todo.append((st, stack[:-1]))
+                todo.append((st, stack))
         elif target == "MARK":
             todo.append((self._mark(rule, st), stack))
         elif target == "DNAT":
@@ -380,6 +402,16 @@ class Walker:
                 "recent", "--set") is not None else st
         return st._replace(steps=(*st.steps, Step(rule.table, rule.chain, rule.text, effect)),
                        sticky=st.sticky or (rule.option("recent", "--set") is not None))
+
+
+def _leave(stack: tuple[tuple, ...]) -> tuple[tuple, ...]:
+    """The stack once the top chain ends (or RETURNs): a goto frame takes the frame it
+    replaced with it, as the kernel returns to the chain that jumped, not the one that went."""
+    while stack:
+        top, stack = stack[-1], stack[:-1]
+        if len(top) < 3:
+            break
+    return stack
 
 
 def _port_in(port: int, spec: str) -> bool:
