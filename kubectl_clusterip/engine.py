@@ -86,7 +86,13 @@ def dataplanes(snap: Snapshot, node: str) -> list[Dataplane]:
     dumps = snap.nodes[node].rule_dumps()
     if not dumps:
         raise ClusterIPError(f"node {node or '(dump)'}: no rule dumps in {snap.source}")
-    return build_dataplanes(dumps)
+    dps = build_dataplanes(dumps)
+    cilium_config = (snap.get("ConfigMap", None, "cilium-config") or {}).get("data") or {}
+    for dp in dps:  # settings a dump does not carry (Cilium's no-backend response)
+        configure = getattr(dp, "configure", None)
+        if configure is not None:
+            configure(cilium_config)
+    return dps
 
 
 def node_context(snap: Snapshot, node: str, node_ips: tuple[str, ...]) -> Node:

@@ -52,9 +52,11 @@ CODES: dict[str, tuple[str, str]] = {
     # Cilium's kube-proxy replacement (cilium/findings.py, cilium/drift.py)
     "CiliumServiceNotInBpfMap": ("error", "rules"),
     "CiliumBackendMissing": ("error", "rules"),
+    "CiliumBackendDrift": ("error", "rules"),
     "CiliumNoBackend": ("error", "dnat"),
     "CiliumBackendQuarantined": ("warning", "dnat"),
     "CiliumBackendExcluded": ("info", "dnat"),
+    "CiliumBackendStuck": ("warning", "dnat"),
     "CiliumSocketLBBypassed": ("info", "dnat"),
     "CiliumStaleConntrack": ("error", "reply"),
 }
@@ -100,9 +102,14 @@ def summary(trace: Trace) -> str:
         f = errors[0]
         return f"BROKEN at step {step_number(f.step)} ({f.step}): {f.code}: {f.message}"
     warnings = [f for f in ordered(trace.findings) if f.severity == "warning"]
+    cilium = trace.proxy_mode == "cilium"
     if trace.verdict != "dnat":
         why = f": {warnings[0].message}" if warnings else ""
-        return f"NOT TRACED: no kube-proxy rule handles this request{why}"
+        who = "no Cilium frontend" if cilium else "no kube-proxy rule"
+        return f"NOT TRACED: {who} handles this request{why}"
     if warnings:
         return f"OK with {len(warnings)} warning(s): {warnings[0].message}"
+    if cilium:
+        return ("OK: Cilium sends the request to a backend and reverses the translation for "
+                "the reply")
     return "OK: the request reaches an endpoint and the reply returns through conntrack"

@@ -19,6 +19,17 @@ import yaml
 from kubectl_clusterip.model import Address, ClusterIPError, Node, Route
 from kubectl_clusterip.reads import MAX_INPUT_BYTES, load_yaml, read_text, shown
 
+# Cilium agent outputs, run in the node's cilium-agent container (`cilium` on 1.14 and older).
+CILIUM_FILES = {
+    "cilium-service-list.txt": "cilium-dbg service list",
+    "cilium-service-list.json": "cilium-dbg service list -o json",
+    "cilium-db-show.txt": "cilium-dbg shell -- db/show frontends (then backends, services)",
+    "cilium-bpf-lb-list.txt": "cilium-dbg bpf lb list",
+    "cilium-bpf-lb-revnat.txt": "cilium-dbg bpf lb list --revnat",
+    "cilium-bpf-lb-backends.txt": "cilium-dbg bpf lb list --backends",
+    "cilium-status.txt": "cilium-dbg status --verbose",
+    "cilium-bpf-ct-global.txt": "cilium-dbg bpf ct list global",
+}
 # File name -> the command whose output it holds (the debug pod runs these).
 NODE_FILES = {
     "iptables-save.txt": "iptables-save",
@@ -32,9 +43,10 @@ NODE_FILES = {
     "proxy-mode": "curl -s 127.0.0.1:10249/proxyMode",
     "ip-addr.json": "ip -j addr show",
     "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
+    **CILIUM_FILES,
 }
 RULE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "nft-ruleset.json", "nft-ruleset.txt",
-              "ipvsadm-save.txt", "ipset-save.txt", "xt-recent.txt")
+              "ipvsadm-save.txt", "ipset-save.txt", "xt-recent.txt", *CILIUM_FILES)
 SNAPSHOT_API = "clusterip.kubectl.dev/v1alpha1"
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from kubectl_clusterip.config import ProxyConfig
 from kubectl_clusterip.iptables.expected import expected_rules
-from kubectl_clusterip.snapshot import SNAPSHOT_API, Snapshot, load_snapshot, write_snapshot
+from kubectl_clusterip.snapshot import (
+    SNAPSHOT_API,
+    NodeDumps,
+    Snapshot,
+    load_snapshot,
+    write_snapshot,
+)
 
 DATA = Path(__file__).parent / "data" / "snapshots"
 NODE, NODE2 = "kind-worker", "kind-worker2"
@@ -321,6 +327,81 @@ def cilium_rules() -> str:
     return "\n".join(out) + "\n"
 
 
+CILIUM_STATUS = """\
+KVStore:                 Ok   Disabled
+Kubernetes:              Ok   1.30 (v1.30.0) [linux/amd64]
+KubeProxyReplacement:    True   [eth0   172.18.0.2 fc00:f853:ccd:e793::2 (Direct Routing)]
+Cilium:                  Ok   1.17.0 (v1.17.0-c2cfe6f1)
+KubeProxyReplacement Details:
+  Status:                 True
+  Socket LB:              Enabled
+  Socket LB Tracing:      Enabled
+  Socket LB Coverage:     Full
+  Devices:                eth0    172.18.0.2 (Direct Routing)
+  Mode:                   SNAT
+  Backend Selection:      Random
+  Session Affinity:       Enabled
+  Graceful Termination:   Enabled
+  NAT46/64 Support:       Disabled
+  XDP Acceleration:       Disabled
+  Services:
+  - ClusterIP:      Enabled
+  - NodePort:       Enabled (Range: 30000-32767)
+  - LoadBalancer:   Enabled
+  - externalIPs:    Enabled
+  - HostPort:       Enabled
+"""
+
+
+def cilium_agent_files(objects: list[dict]) -> dict[str, str]:
+    """What a 1.17 agent on NODE prints for these objects: `service list`, `bpf lb list`
+    (IDs in Service order, the formats of cilium-dbg/cmd/service_list.go and
+    bpf_lb_list.go) and `status --verbose`; ready endpoints are active, serving-and-
+    terminating ones terminating (pkg/loadbalancer)."""
+    slices = [o for o in objects if o.get("kind") == "EndpointSlice"]
+    rows, lb = [], []
+    sid = 0
+    for svc in (o for o in objects if o.get("kind") == "Service"):
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        for port in svc["spec"]["ports"]:
+            sid += 1
+            proto = port.get("protocol", "TCP")
+            fe = f"{svc['spec']['clusterIP']}:{port['port']}/{proto}"
+            bes = []
+            for sl in slices:
+                if sl["metadata"].get("labels", {}).get("kubernetes.io/service-name") != name \
+                        or sl["metadata"]["namespace"] != ns:
+                    continue
+                num = next((p["port"] for p in sl.get("ports") or []
+                            if p.get("name") == port.get("name") and
+                            p.get("protocol", "TCP") == proto), None)
+                for ep in sl.get("endpoints") or []:
+                    cond = ep.get("conditions") or {}
+                    state = ("active" if cond.get("ready", True) and not cond.get("terminating")
+                             else "terminating" if cond.get("serving") else None)
+                    if state and num is not None:
+                        bes += [(f"{ip}:{num}/{proto}", state) for ip in ep["addresses"]]
+            first = f"{sid:<4} {fe:<22} ClusterIP      "
+            rows.append(first + (f"1 => {bes[0][0]} ({bes[0][1]})" if bes else ""))
+            rows += [" " * len(first) + f"{i} => {a} ({st})"
+                     for i, (a, st) in enumerate(bes[1:], 2)]
+            active = [a for a, st in bes if st == "active"] or [a for a, _ in bes]
+            lb.append(f"{fe:<22}0.0.0.0:0 ({sid}) (0) [ClusterIP, non-routable]")
+            lb += [f"{'':<22}{a} ({sid}) ({i})" for i, a in enumerate(active, 1)]
+    svc_list = "ID   Frontend               Service Type   Backend\n" + "\n".join(rows) + "\n"
+    lb_list = ("SERVICE ADDRESS       BACKEND ADDRESS (REVNAT_ID) (SLOT)\n" + "\n".join(lb)
+               + "\n")
+    return {"cilium-service-list.txt": svc_list, "cilium-bpf-lb-list.txt": lb_list,
+            "cilium-status.txt": CILIUM_STATUS}
+
+
+def without_cilium_outputs(snap: Snapshot) -> Snapshot:
+    """The snapshot as captured before the agent's outputs were read (iptables only)."""
+    nodes = {n: NodeDumps(n, {f: t for f, t in d.files.items() if not f.startswith("cilium-")})
+             for n, d in snap.nodes.items()}
+    return Snapshot(snap.meta, snap.objects, nodes, snap.source)
+
+
 def _config(objects: list[dict]) -> ProxyConfig:
     return ProxyConfig.from_configmap(find(objects, "ConfigMap", "kube-system", "kube-proxy"))
 
@@ -391,6 +472,8 @@ def generate(root: Path = DATA) -> list[str]:
                      "metadata": {"namespace": "kube-system", "name": "cilium-config"},
                      "data": {"kube-proxy-replacement": "true"}})
         write("cilium", objs, save(cilium_rules()), kube_proxy=False)
+        for name, text in cilium_agent_files(objs).items():
+            (root / "cilium" / "nodes" / NODE / name).write_text(text)
     return written
 
 

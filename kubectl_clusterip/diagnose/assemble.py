@@ -3,6 +3,7 @@ order (`apply`), with the API's facts added to the walker's own findings."""
 
 from __future__ import annotations
 
+from kubectl_clusterip.cilium.drift import backend_drift
 from kubectl_clusterip.diagnose.cluster import Cluster, listed, metadata
 from kubectl_clusterip.diagnose.conntrack import stale_conntrack
 from kubectl_clusterip.diagnose.dns import coredns, dns
@@ -81,9 +82,10 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
         extra.setdefault("diagnosisNotes", []).append(cl.config_error)
 
     svc, info = service_port_of(snap, trace)
+    cilium = trace.proxy_mode == "cilium"  # kube-proxy's own expectations do not apply
     if not has_kube_proxy:
         found.append(no_kube_proxy(cl))
-    else:
+    elif not cilium:
         mm = proxy_mode_mismatch(cl, trace.proxy_mode)
         if mm is not None:
             found.append(mm)
@@ -91,7 +93,7 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
         at = services_at(snap, trace.packet.dst_ip)
         if at:
             found.append(port_mismatch(at[0], str(trace.packet.dst_port), trace.packet.protocol))
-        elif trace.service and has_kube_proxy:
+        elif trace.service and has_kube_proxy and not cilium:
             found.append(stale_service_rules(trace))
 
     exp: ExpectedServicePort | None = None
@@ -106,13 +108,15 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
                 "chain": exp.internal_chain,
                 "endpoints": [e.endpoint for e in exp.internal_endpoints],
             }
-            if has_kube_proxy:
+            if has_kube_proxy and not cilium:
                 found += drift(cl, trace, exp, nat_chains)
             if exp.status == "no-endpoints" or not exp.endpoints:
                 found += endpoint_causes(cl, svc, info, eps)
             topo = topology(cl, exp)
             if topo is not None:
                 found.append(topo)
+        if cilium:
+            found += backend_drift(trace, eps, node)
         ct = stale_conntrack(cl, trace, eps)
         if ct is not None:
             found.append(ct)

@@ -81,9 +81,15 @@ def no_kube_proxy(cl: Cluster) -> Finding:
         if kp is None or kpr in ("true", "strict"):
             return finding(
                 "KubeProxyReplaced",
-                "Cilium's kube-proxy replacement handles Services on this node in eBPF; "
-                "there are no kube-proxy rules to follow", "; ".join(evidence),
-                "kubectl -n kube-system exec ds/cilium -- cilium-dbg service list")
+                "Cilium's kube-proxy replacement handles Services on this node in eBPF and "
+                "the snapshot holds none of its agent's outputs to trace it with",
+                "; ".join(evidence),
+                f"capture again (live capture execs into the node's cilium agent; needs "
+                f"pods/exec), or save `kubectl -n kube-system exec <cilium pod on {cl.node}> "
+                "-c cilium-agent -- cilium-dbg service list` (`cilium` on 1.14 and older), "
+                "`… bpf lb list` and `… status --verbose` as nodes/"
+                f"{cl.node}/cilium-service-list.txt, cilium-bpf-lb-list.txt, "
+                "cilium-status.txt")
     replacements = (("ovnkube-node", "OVN-Kubernetes load balancers",
                      "ovn-nbctl lb-list (in the ovnkube pods)"),
                     ("kube-router", "kube-router's IPVS service proxy",
