@@ -8,34 +8,11 @@ import re
 
 import snapshots as S
 from click.testing import CliRunner
+from test_diagnose import TESTED, codes, the, trace
 
 from kubectl_clusterip.cli import main
-from kubectl_clusterip.engine import Request, run_trace
 from kubectl_clusterip.findings import CODES
-from kubectl_clusterip.model import Finding, Trace
 from kubectl_clusterip.snapshot import NodeDumps, Snapshot, write_snapshot
-
-TESTED: set[str] = set()
-SVC_LIST = "cilium-service-list.txt"
-LB_LIST = "cilium-bpf-lb-list.txt"
-
-
-def trace(snap: Snapshot, target: str = "shop/web", **kw) -> Trace:
-    traces = run_trace(snap, Request(target=target, **kw))
-    assert len(traces) == 1
-    return traces[0]
-
-
-def the(t: Trace, code: str) -> Finding:
-    TESTED.add(code)
-    got = [f for f in t.findings if f.code == code]
-    assert len(got) == 1, f"{code} not raised once: {[f.code for f in t.findings]}"
-    assert (got[0].severity, got[0].step) == CODES[code]
-    return got[0]
-
-
-def codes(t: Trace) -> list[str]:
-    return [f.code for f in t.findings]
 
 
 def with_files(snap: Snapshot, **edits) -> Snapshot:
