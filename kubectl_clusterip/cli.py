@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from kubectl_clusterip import __version__, style
-from kubectl_clusterip.dumps import read_text
-from kubectl_clusterip.engine import (
-    Request,
-    node_context,
-    node_name,
-    parse_target,
-    require_one_target,
-    run_trace,
-    service_ports,
-)
-from kubectl_clusterip.findings import has_errors
 from kubectl_clusterip.model import PROTOCOLS, ClusterIPError, select_ports
-from kubectl_clusterip.render import dump, services_table, trace_report, traces_document
-from kubectl_clusterip.snapshot import Snapshot, from_rule_files, load_snapshot
+
+if TYPE_CHECKING:  # each command imports what it uses, when it runs (start-up: launch.py)
+    from kubectl_clusterip.snapshot import Snapshot
 
 EXIT_BROKEN = 1  # traced, and an error-level finding says the path is broken
 EXIT_FAILED = 2  # could not trace: bad usage, unreadable input, missing service
@@ -43,6 +33,9 @@ class Group(click.Group):
 def load_snapshot_from(rules_files: tuple[str, ...], snapshot_dir: str | None,
                        live: Callable[[], Snapshot] | None = None) -> Snapshot:
     """Offline inputs become a snapshot; the live cluster is the default when none is given."""
+    from kubectl_clusterip.dumps import read_text
+    from kubectl_clusterip.snapshot import from_rule_files, load_snapshot
+
     if rules_files and snapshot_dir:
         raise ClusterIPError("give --rules-file or --snapshot, not both")
     if snapshot_dir:
@@ -84,7 +77,7 @@ def live_options(f):
         ("-q", {"is_flag": True, "help": "No progress line (errors and warnings only)."}),
     ]):
         if name == "--image":
-            from kubectl_clusterip.cluster.debugpod import DEFAULT_IMAGE
+            from kubectl_clusterip.cluster import DEFAULT_IMAGE
             kw = {**kw, "default": DEFAULT_IMAGE}
         dest = {"--from": "client_pod", "-q": "quiet"}.get(name, name[2:].replace("-", "_"))
         f = click.option(*([name, "--quiet"] if name == "-q" else [name]), dest, **kw)(f)
@@ -265,6 +258,16 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     finding), 2 the trace could not be made (bad usage or input, missing service, API
     or debug pod failure).
     """
+    from kubectl_clusterip.engine import (
+        Request,
+        node_context,
+        node_name,
+        require_one_target,
+        run_trace,
+    )
+    from kubectl_clusterip.findings import has_errors
+    from kubectl_clusterip.render import dump, trace_report, traces_document
+
     require_one_target(target, to)
     sel = fleet_selector(all_nodes, node_selector)
     if sel is not False:
@@ -310,6 +313,9 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
       kubectl clusterip rules --snapshot examples/kind-my-service
       kubectl clusterip rules kube-system/kube-dns --rules-file iptables-save.txt -o json
     """
+    from kubectl_clusterip.engine import parse_target, service_ports
+    from kubectl_clusterip.render import dump, services_table
+
     def keep(ports: list) -> list:
         if target:
             ns, name, port_sel = parse_target(target, namespace)

@@ -11,15 +11,8 @@ import re
 from typing import Protocol
 
 from kubectl_clusterip import paste, reads
-from kubectl_clusterip.cilium import dataplane as cilium_dataplane
-from kubectl_clusterip.cilium.parse import detect as detect_cilium
-from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
 from kubectl_clusterip.iptables.parse import looks_like_iptables
-from kubectl_clusterip.iptables.shapes import looks_like_iptables_paste, read_rulesets
-from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
-from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm
 from kubectl_clusterip.model import ClusterIPError, Node, Packet, ServicePort, Trace
-from kubectl_clusterip.nftables import dataplane as nftables_dataplane
 
 
 class Dataplane(Protocol):
@@ -63,6 +56,8 @@ def detect_format(text: str) -> str | None:
         return "iptables"
     if re.search(r"^\s*table (ip|ip6|inet) \S+ \{", head, re.M):
         return "nft-text"
+    from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm
+
     if looks_like_ipvsadm(head):  # also `ipvsadm -Ln -t VIP:PORT` (no version line)
         return "ipvsadm"
     if re.search(r"^(create \S+ (hash|bitmap|list):|Name: \S+\nType: )", head, re.M):
@@ -73,31 +68,54 @@ def detect_format(text: str) -> str | None:
         return "xt-recent"
     if head.strip() in ("iptables", "ipvs", "nftables", "kernelspace"):
         return "proxy-mode"
+    from kubectl_clusterip.cilium.parse import detect as detect_cilium
+
     cilium = detect_cilium(text)
     if cilium is not None:
         return cilium
+    from kubectl_clusterip.iptables.shapes import looks_like_iptables_paste
+
     if looks_like_iptables_paste(head):  # iptables -S / -L, a grep of iptables-save
         return "iptables"
     return None
 
 
-# format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes
+# format -> builder(list of (source, text) of that format, all dumps of the node) -> dataplanes.
+# Each mode's modules load when a dump of theirs is read: an iptables node never pays for the
+# nftables, IPVS or Cilium parsers.
 def _build_iptables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    from kubectl_clusterip.iptables.dataplane import IptablesDataplane, parse_xt_recent
+    from kubectl_clusterip.iptables.shapes import read_rulesets
+
     recent = parse_xt_recent("\n".join(text for _, text in _all.get("xt-recent", [])))
     return [IptablesDataplane(rs, recent=recent) for rs in read_rulesets(dumps)]
 
 
 def _build_ipvs(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    from kubectl_clusterip.ipvs import dataplane as ipvs_dataplane
+
     return ipvs_dataplane.build(dumps, _all.get("iptables", []), _all.get("ipset", []))
+
+
+def _build_nftables(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    from kubectl_clusterip.nftables import dataplane as nftables_dataplane
+
+    return nftables_dataplane.build(dumps, _all)
+
+
+def _build_cilium(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
+    from kubectl_clusterip.cilium import dataplane as cilium_dataplane
+
+    return cilium_dataplane.build(dumps, _all)
 
 
 BUILDERS = {
     "iptables": _build_iptables,
     "ipvsadm": _build_ipvs,
-    "nft-json": nftables_dataplane.build,
-    "nft-text": nftables_dataplane.build,
-    "cilium-services": cilium_dataplane.build,
-    "cilium-lb": cilium_dataplane.build,
+    "nft-json": _build_nftables,
+    "nft-text": _build_nftables,
+    "cilium-services": _build_cilium,
+    "cilium-lb": _build_cilium,
 }
 # Read by a mode, never a dataplane alone.
 SIDE_FORMATS = {"ipset", "conntrack", "proxy-mode", "xt-recent", "cilium-status", "cilium-ct"}

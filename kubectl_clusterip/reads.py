@@ -14,16 +14,11 @@ import stat
 import sys
 from typing import Any, BinaryIO
 
-import yaml
-
 from kubectl_clusterip.model import ClusterIPError
 
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # a 10,000-service nft -j dump is ~50 MB
 MAX_DEPTH = 100  # Kubernetes objects nest ~12 deep; kubeconfigs less
 CHUNK = 1 << 20
-
-Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 
 def cut(value: object, width: int = 80) -> str:
     """Echoed input, cut short so a message stays one readable line."""
@@ -116,9 +111,11 @@ def load_yaml(text: str, source: str, max_depth: int = MAX_DEPTH) -> Any:
     Nesting deeper than `max_depth` is refused, and so is an alias that would expand the
     document beyond its own size ("billion laughs"). Tags are those of yaml.safe_load.
     """
-    loader = Loader(text)
+    import yaml  # loaded on first use: a rule dump needs no YAML parser
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        return _build(loader, source, max_depth)
+        return _build(loader, source, max_depth, yaml.events)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -130,10 +127,7 @@ def load_yaml(text: str, source: str, max_depth: int = MAX_DEPTH) -> Any:
         loader.dispose()
 
 
-_events = yaml.events
-
-
-def _build(loader: Any, source: str, max_depth: int) -> Any:
+def _build(loader: Any, source: str, max_depth: int, _events: Any) -> Any:
     stack: list[list] = []  # [container, pending key or _NO_KEY, anchor]
     anchors: dict[str, Any] = {}
     expanded = 0  # nodes that aliases repeat
@@ -215,6 +209,8 @@ def _check_tag(ev: Any, source: str) -> None:
 
 
 def _scalar(loader: Any, ev: Any, source: str) -> Any:
+    import yaml
+
     tag = ev.tag
     if tag is None or tag == "!":
         tag = loader.resolve(yaml.ScalarNode, ev.value, ev.implicit)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 
-import yaml
-from tabulate import tabulate
-
 from kubectl_clusterip.findings import STEPS, has_errors, ordered, summary
 from kubectl_clusterip.model import Candidate, Finding, Node, ServicePort, Trace
 from kubectl_clusterip.style import style
@@ -15,6 +12,8 @@ from kubectl_clusterip.style import style
 def dump(data: object, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2)
+    import yaml  # here, not at the top: only -o yaml needs it
+
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
 
 
@@ -108,6 +107,8 @@ def trace_report(t: Trace, node: Node) -> str:
     if t.verdict == "dnat":
         lines.append(f"4. DNAT       one endpoint per new connection, {len(t.candidates)} "
                      "candidate(s):")
+        from tabulate import tabulate  # 10+ ms to import: only reports with candidates
+
         rows = []
         for c in t.candidates:
             rows.append([c.endpoint, percent(c.probability), "yes" if c.masquerade else "no",
@@ -162,6 +163,8 @@ def services_table(ports: list[ServicePort], wide: bool = False) -> str:
         if wide:
             row += [sp.chain or "-", sp.affinity_seconds or "-"]
         rows.append(row)
+    from tabulate import tabulate
+
     headers = ["NAMESPACE", "NAME", "PORT", "CLUSTER-IP", "ENDPOINTS", "STATUS"]
     if wide:
         headers += ["CHAIN", "AFFINITY"]

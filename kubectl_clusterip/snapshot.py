@@ -14,8 +14,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from kubectl_clusterip.model import Address, ClusterIPError, Node, Route
 from kubectl_clusterip.reads import MAX_INPUT_BYTES, load_yaml, read_text, shown
 
@@ -171,6 +169,8 @@ def _yaml_file(path: Path, budget: _Budget) -> dict:
 
 
 def write_snapshot(snap: Snapshot, directory: str) -> None:
+    import yaml  # only `capture` writes YAML
+
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     (root / "snapshot.yaml").write_text(yaml.safe_dump(snap.meta, sort_keys=False))

@@ -59,3 +59,26 @@ def test_fast_path_loads_nothing_heavy() -> None:
                                             "kubectl_clusterip.helptext"])):
         r = run(code, args, 100)
         assert r.stdout.startswith(("Usage: ", PROG)) and r.stderr == f"{loaded}\n", r.stderr
+
+
+# -- the commands load only what they use --------------------------------------------------------
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "kind-my-service")
+DUMP = os.path.join(EXAMPLE, "nodes", "kind-worker", "iptables-save.txt")
+LIVE = ("kubernetes", "urllib3", "dns", "kubectl_clusterip.cluster.", "kubectl_clusterip.completion")
+MODES = ("kubectl_clusterip.nftables", "kubectl_clusterip.ipvs", "kubectl_clusterip.cilium")
+
+
+@pytest.mark.parametrize("args,unused", [
+    (["trace", "--to", "10.96.144.131:80", "--rules-file", DUMP, "-o", "json"],
+     ("yaml", "tabulate", "importlib.metadata", *LIVE, *MODES)),
+    (["trace", "default/my-service", "--snapshot", EXAMPLE, "-o", "json"],
+     ("tabulate", "importlib.metadata", *LIVE, *MODES)),
+    (["rules", "--rules-file", DUMP], ("yaml", *LIVE, *MODES)),
+])
+def test_commands_import_only_what_they_use(args: list[str], unused: tuple[str, ...]) -> None:
+    code = ("import atexit, sys; atexit.register(lambda: print(sorted(sys.modules), "
+            "file=sys.stderr)); " + FAST)
+    r = run(code, args, 100)
+    assert r.returncode in (0, 1), r.stderr
+    loaded = [m for m in eval(r.stderr.splitlines()[-1]) if m.startswith(unused)]
+    assert loaded == [], loaded

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 
 from kubectl_clusterip import __version__
-from kubectl_clusterip.cluster import debugpod
+from kubectl_clusterip.cluster import DEFAULT_IMAGE, debugpod
 from kubectl_clusterip.cluster import dns as dnsmod
 from kubectl_clusterip.cluster.api import Api, Forbidden
 from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags, load
@@ -35,7 +35,7 @@ class LiveOptions:
     client_pod: str | None = None  # --from [NAMESPACE/]POD
     node: str | None = None
     source_ip: str | None = None
-    image: str = debugpod.DEFAULT_IMAGE
+    image: str = DEFAULT_IMAGE
     via: str = "pod"  # pod | kube-proxy
     dns_server: str | None = None
     pod_timeout: float = 120.0

@@ -20,8 +20,6 @@ from kubectl_clusterip.cluster.api import Api, stream_error
 from kubectl_clusterip.cluster.podlife import Progress
 from kubectl_clusterip.model import ClusterIPError
 
-DEFAULT_IMAGE = "nicolaka/netshoot:v0.13"  # public; iptables (both backends), nft, ipvsadm,
-# ipset, conntrack, iproute2 and curl
 NAMESPACE = "kube-system"  # privileged by Pod Security Admission on kubeadm/kind/most clusters
 LABELS = {"app.kubernetes.io/name": "kubectl-clusterip",
           "app.kubernetes.io/component": "node-debug"}
