@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from kubectl_clusterip import diagnose
 from kubectl_clusterip.dumps import Dataplane, build_dataplanes
 from kubectl_clusterip.findings import FindingError
+from kubectl_clusterip.flags import parse_host_port, parse_ip
 from kubectl_clusterip.model import (
     Address,
     ClusterIPError,
@@ -46,23 +47,6 @@ class Target:
     service: str | None = None  # ns/name:port from the API or the rule comments
 
 
-def parse_host_port(value: str) -> tuple[str, int]:
-    """`10.96.0.1:80` or `[fd00::1]:80`."""
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ClusterIPError(f"--to {value}: write IPv6 as [ADDRESS]:PORT")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        raise ClusterIPError(f"--to {value}: expected IP:PORT, e.g. 10.96.0.10:53") from None
-    if not sep or not 0 < number < 65536:
-        raise ClusterIPError(f"--to {value}: expected IP:PORT with a port from 1 to 65535")
-    return host, number
-
-
 def parse_target(target: str, namespace: str | None) -> tuple[str, str, str | None]:
     """`NAMESPACE/NAME[:PORT]` or `NAME[:PORT]` (namespace from -n, else default)."""
     ns, slash, rest = target.rpartition("/")
@@ -97,22 +81,30 @@ def dataplanes(snap: Snapshot, node: str) -> list[Dataplane]:
 
 def node_context(snap: Snapshot, node: str, node_ips: tuple[str, ...]) -> Node:
     base = snap.nodes[node].node()
-    extra = tuple(Address(ip, 128 if ":" in ip else 32) for ip in node_ips)
+    extra = tuple(Address(ip, 128 if ":" in ip else 32)
+                  for ip in (parse_ip("--node-ip", v) for v in node_ips))
     return replace(base, name=node or None, addresses=base.addresses + extra)
 
 
-def require_one_target(target: str | None, to: str | None) -> None:
+def require_one_target(target: str | None, to: str | None, source_ip: str | None = None,
+                       node_ips: tuple[str, ...] = ()) -> None:
     """Checked before anything is fetched, so a usage slip never starts a debug pod."""
     if target and to:
         raise ClusterIPError("give a TARGET or --to IP:PORT, not both")
     if not target and not to:
         raise ClusterIPError("give a TARGET (NAMESPACE/NAME[:PORT]) or --to IP:PORT")
+    if to:
+        parse_host_port("--to", to)
+    if source_ip is not None:
+        parse_ip("--source-ip", source_ip)
+    for ip in node_ips:
+        parse_ip("--node-ip", ip)
 
 
 def resolve(snap: Snapshot, dps: list[Dataplane], req: Request) -> list[Target]:
-    require_one_target(req.target, req.to)
+    require_one_target(req.target, req.to, req.source_ip, req.node_ips)
     if req.to:
-        ip, port = parse_host_port(req.to)
+        ip, port = parse_host_port("--to", req.to)
         family = ipaddress.ip_address(ip).version
         fitting = [dp for dp in dps if dp.family == family]
         if not fitting:
@@ -226,7 +218,7 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
     for t in targets:
         client = (snap.meta.get("client") or {}).get("ip")
         if req.source_ip:
-            src, why = req.source_ip, ""
+            src, why = parse_ip("--source-ip", req.source_ip), ""
             if ipaddress.ip_address(src).version != t.dataplane.family:
                 raise ClusterIPError(f"--source-ip {src} is not IPv{t.dataplane.family} "
                                      f"like {t.ip}")

@@ -172,3 +172,27 @@ def test_special_file_as_kubeconfig_is_refused(tmp_path):
         load(ConnectionFlags(kubeconfig=str(tmp_path / "fifo")), {})
     with pytest.raises(ClusterIPError, match="not a regular file"):
         load(ConnectionFlags(kubeconfig="/dev/zero"), {})
+
+
+def test_the_client_never_configures_the_root_logger(tmp_path, capfd):
+    """An exec plugin that fails makes the client call logging.error() on the root logger,
+    which would install a stderr handler and let every urllib3 retry warning through."""
+    import logging
+    kc = write(tmp_path / "kc", "x", {"x": {"cluster": "c", "user": "u"}},
+               {"c": {"server": "http://127.0.0.1:1"}},
+               {"u": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                               "command": "false", "interactiveMode": "Never"}}})
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        try:
+            client_configuration(load(ConnectionFlags(kubeconfig=kc), {}))
+        except ClusterIPError:
+            pass
+        logging.getLogger("urllib3.connectionpool").warning("Retrying (Retry(total=2))")
+        assert not [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
+    finally:
+        root.handlers = saved
+    err = capfd.readouterr().err
+    assert "Retrying" not in err and "exec:" not in err

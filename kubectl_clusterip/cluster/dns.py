@@ -19,6 +19,7 @@ import dns.rcode
 import dns.rdatatype
 
 from kubectl_clusterip.cluster.api import Forbidden, stream_error
+from kubectl_clusterip.flags import parse_host_port
 from kubectl_clusterip.model import ClusterIPError
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -67,22 +68,7 @@ def candidates(query: str, search: list[str], ndots: int) -> list[str]:
 
 def parse_server(value: str) -> tuple[str, int]:
     """`IP`, `IP:PORT` or `[IPv6]:PORT`."""
-    host, port = value, 53
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
-    elif value.count(":") == 1:
-        host, _, p = value.partition(":")
-        if not p.isdigit():
-            raise ClusterIPError(f"--dns-server {value}: expected IP[:PORT]")
-        port = int(p)
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        raise ClusterIPError(f"--dns-server {value}: expected IP[:PORT]") from None
-    if not 0 < port < 65536:
-        raise ClusterIPError(f"--dns-server {value}: port out of range")
-    return host, port
+    return parse_host_port("--dns-server", value, default_port=53)
 
 
 def udp_asker(host: str, port: int, timeout: float) -> Ask:

@@ -8,6 +8,7 @@ already-merged document (with relative file paths made absolute to the file that
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def parse_timeout(value: str | None) -> float | None:
     """kubectl's --request-timeout: `0` (no timeout), `30`, `30s`, `1m`, `1h`."""
     if value is None or value.strip() in ("", "0"):
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", value.strip())
+    m = re.fullmatch(r"([0-9]{1,9}(?:\.[0-9]{1,9})?)(ms|s|m|h)?", value.strip())
     if not m:
         raise ClusterIPError(f"--request-timeout {value}: expected a duration like 30s or 1m")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
@@ -227,12 +228,25 @@ def load(flags: ConnectionFlags, environ: dict[str, str] | None = None) -> KubeC
     return KubeConfig(doc, name, namespace, parse_timeout(flags.request_timeout), files)
 
 
+def quiet_client_logging() -> None:
+    """Keep the client's log lines off the terminal: our errors say what failed, in one line.
+
+    The client calls `logging.error()` on the root logger (exec plugin failures), which
+    configures a stderr handler there on first use; from then on every urllib3 "Retrying"
+    warning reaches the terminal. A handler already on the root logger prevents that.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
 def client_configuration(kc: KubeConfig):
     """A kubernetes.client.Configuration for the chosen context (the client does TLS/auth)."""
     from kubernetes import client
     from kubernetes.config.config_exception import ConfigException
     from kubernetes.config.kube_config import KubeConfigLoader
 
+    quiet_client_logging()
     doc = dict(kc.doc)
     if not doc["users"]:  # the loader insists on a user entry; kubectl allows none
         doc["users"] = [{"name": "", "user": {}}]

@@ -15,9 +15,11 @@ COMMANDS: dict[str, dict[str, Any]] = {
         'args': [],
         'options': {
             '--color': ('auto', 'always', 'never'),
+            '--debug': 'flag',
             '--help': 'flag',
             '--version': 'flag',
             '-h': 'flag',
+            '-v': 'flag',
         },
     },
     'capture': {
@@ -28,6 +30,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '--cluster': 'cluster',
             '--conntrack': 'flag',
             '--context': 'context',
+            '--debug': 'flag',
             '--debug-namespace': 'value',
             '--dns-server': 'value',
             '--from': 'pod',
@@ -49,6 +52,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '-n': 'namespace',
             '-o': 'dir',
             '-q': 'flag',
+            '-v': 'flag',
         },
     },
     'completion': {
@@ -70,6 +74,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '--color': ('auto', 'always', 'never'),
             '--conntrack': 'flag',
             '--context': 'context',
+            '--debug': 'flag',
             '--debug-namespace': 'value',
             '--dns-server': 'value',
             '--from': 'pod',
@@ -92,6 +97,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '-n': 'namespace',
             '-o': ('table', 'wide', 'json', 'yaml'),
             '-q': 'flag',
+            '-v': 'flag',
         },
     },
     'trace': {
@@ -103,6 +109,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '--color': ('auto', 'always', 'never'),
             '--conntrack': 'flag',
             '--context': 'context',
+            '--debug': 'flag',
             '--debug-namespace': 'value',
             '--dns-server': 'value',
             '--from': 'pod',
@@ -131,6 +138,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             '-n': 'namespace',
             '-o': ('text', 'json', 'yaml'),
             '-q': 'flag',
+            '-v': 'flag',
         },
     },
 }
