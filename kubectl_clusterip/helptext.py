@@ -26,6 +26,7 @@ HELP = {
         '  --version                    Show the version and exit.\n'
         '  --color [auto|always|never]  Color the text report: auto colors a terminal\n'
         '                               unless NO_COLOR is set.  [default: auto]\n'
+        '  -v, --debug                  On an internal error, print its traceback.\n'
         '  -h, --help                   Show this message and exit.\n'
         '\n'
         'Commands:\n'
@@ -57,6 +58,7 @@ HELP = {
         '                              pod each (like --all-nodes).\n'
         '  --parallel INTEGER RANGE    With --all-nodes/--nodes: debug pods alive at\n'
         '                              once.  [default: 10; 1<=x<=100]\n'
+        '  -v, --debug                 On an internal error, print its traceback.\n'
         '  --kubeconfig FILE           Kubeconfig file (default: $KUBECONFIG, then\n'
         '                              ~/.kube/config).\n'
         '  --context NAME              The kubeconfig context to use.\n'
@@ -116,6 +118,7 @@ HELP = {
         'Options:\n'
         '  --color [auto|always|never]     Color the text report: auto colors a\n'
         '                                  terminal unless NO_COLOR is set.\n'
+        '  -v, --debug                     On an internal error, print its traceback.\n'
         "  --rules-file DUMP               A node's rule dump: iptables-save,\n"
         '                                  ip6tables-save, nft [-j] list ruleset,\n'
         '                                  ipvsadm-save -n or ipset save output; the\n'
@@ -184,6 +187,7 @@ HELP = {
         'Options:\n'
         '  --color [auto|always|never]    Color the text report: auto colors a terminal\n'
         '                                 unless NO_COLOR is set.\n'
+        '  -v, --debug                    On an internal error, print its traceback.\n'
         "  --rules-file DUMP              A node's rule dump: iptables-save, ip6tables-\n"
         '                                 save, nft [-j] list ruleset, ipvsadm-save -n\n'
         '                                 or ipset save output; the format is read from\n'
