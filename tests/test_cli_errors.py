@@ -93,7 +93,7 @@ def boom(*_a, **_k):
 
 
 def test_an_internal_error_is_one_line_asking_for_a_report(monkeypatch):
-    monkeypatch.setattr("kubectl_clusterip.cli.run_trace", boom)
+    monkeypatch.setattr("kubectl_clusterip.engine.run_trace", boom)
     r = run("trace", "default/my-service", "--snapshot", EXAMPLE)
     assert r.exit_code == 2
     assert r.stderr.count("\n") == 1, r.stderr
@@ -104,7 +104,7 @@ def test_an_internal_error_is_one_line_asking_for_a_report(monkeypatch):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(monkeypatch, where):
-    monkeypatch.setattr("kubectl_clusterip.cli.run_trace", boom)
+    monkeypatch.setattr("kubectl_clusterip.engine.run_trace", boom)
     args = ["trace", "default/my-service", "--snapshot", EXAMPLE]
     r = run(*(["--debug", *args] if where == "before" else [*args, "-v"]))
     assert r.exit_code == 2
