@@ -46,6 +46,15 @@ CODES: dict[str, tuple[str, str]] = {
     "NetworkPolicyAllows": ("info", "forward"),
     "NetworkPolicyNotEnforced": ("warning", "forward"),
     "NetworkPolicyDeniesDns": ("error", "dns"),
+    # the node's own state (diagnose/node.py)
+    "ConntrackTableFull": ("error", "forward"),
+    "ConntrackTableNearlyFull": ("warning", "forward"),
+    "ConntrackDrops": ("warning", "forward"),
+    "IpForwardDisabled": ("error", "forward"),
+    "BridgeNfCallIptablesOff": ("error", "forward"),
+    "KubeProxySyncStale": ("warning", "rules"),
+    "PodCidrRouteMissing": ("error", "forward"),
+    "PodCidrRouteUnexpectedDevice": ("warning", "forward"),
     # IPVS mode (ipvs/dataplane.py)
     "IpvsSchedulerState": ("info", "dnat"),
     "IpvsDrainingRealServer": ("info", "dnat"),

@@ -42,6 +42,11 @@ NODE_FILES = {
     "ip-addr.json": "ip -j addr show",
     "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
     **CILIUM_FILES,
+    "sysctl.txt": "grep -H '' /proc/sys/net/... (conntrack fill, forwarding, bridge-nf-call-*, "
+                  "rp_filter)",
+    "conntrack-stats.txt": "conntrack -S",
+    "kube-proxy-healthz.json": "curl -s 127.0.0.1:10256/healthz",
+    "kube-proxy-metrics.txt": "curl -s 127.0.0.1:10249/metrics | grep ^kubeproxy_sync_proxy_rules_",
 }
 RULE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "nft-ruleset.json", "nft-ruleset.txt",
               "ipvsadm-save.txt", "ipset-save.txt", "xt-recent.txt", *CILIUM_FILES)

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import snapshots as S
+from test_node_facts import NODE_CODES
 
 from kubectl_clusterip.engine import Request, run_trace
 from kubectl_clusterip.findings import CODES, FindingError
@@ -366,9 +367,11 @@ def test_hairpin_when_the_client_is_an_endpoint():
 def test_every_code_has_a_test():
     """Runs last in this file: each code in the public contract was produced above, but
     the IPVS-only codes, which tests/test_ipvs_walk.py produces from IPVS dumps, the
-    NetworkPolicy ones (tests/test_diagnose_policy.py), the partial-paste ones
-    (tests/test_iptables_shapes.py) and the Cilium ones (tests/test_cilium_*.py checks its own)."""
+    NetworkPolicy ones (tests/test_diagnose_policy.py), the node's (test_node_facts.py), the
+    partial-paste ones (tests/test_iptables_shapes.py) and the Cilium ones
+    (tests/test_cilium_*.py checks its own)."""
     elsewhere = {"IpvsSchedulerState", "IpvsDrainingRealServer", "NetworkPolicyDeniesIngress",
                  "NetworkPolicyDeniesEgress", "NetworkPolicyAllows", "NetworkPolicyNotEnforced",
-                 "NetworkPolicyDeniesDns", "PasteAssumption", "KubeProxyChainsUnreachable"}
+                 "NetworkPolicyDeniesDns", "PasteAssumption", "KubeProxyChainsUnreachable"
+                 } | NODE_CODES
     assert {c for c in set(CODES) - TESTED if not c.startswith("Cilium")} == elsewhere

@@ -20,6 +20,7 @@ from kubectl_clusterip.cli import main
 from kubectl_clusterip.cluster.debugpod import SCRIPT
 from kubectl_clusterip.config import ProxyConfig
 from kubectl_clusterip.iptables.expected import expected_rules
+from kubectl_clusterip.nodefacts import node_facts
 
 TOOLS = ("iptables-nft-restore", "iptables-nft-save", "iptables-legacy-save", "conntrack",
          "curl")
@@ -68,7 +69,15 @@ def test_live_trace_matches_the_kernel(tmp_path: Path) -> None:
     assert doc["request"]["source"]["ip"] == "10.244.1.5"
     assert fc.pods_left() == []
     files = sorted(p.name for p in (tmp_path / "snap" / "nodes" / "node").iterdir())
-    assert files == ["conntrack.txt", "ip-addr.json", "ip-route.json", "iptables-save.txt"]
+    assert files == ["conntrack-stats.txt", "conntrack.txt", "ip-addr.json", "ip-route.json",
+                     "iptables-save.txt", "sysctl.txt"]
+    # the node facts as this kernel printed them parse, and say what the lab set
+    facts = node_facts({f: (tmp_path / "snap" / "nodes" / "node" / f).read_text()
+                        for f in ("sysctl.txt", "conntrack-stats.txt")})
+    assert facts.sysctl_int("net.ipv4.ip_forward") == 1
+    assert facts.sysctl_int("net.netfilter.nf_conntrack_max") > 0
+    assert facts.sysctl_int("net.ipv4.conf.all.rp_filter") == 0
+    assert facts.cpus >= 1 and "insert_failed" in facts.conntrack_stats
     ct = (tmp_path / "snap" / "nodes" / "node" / "conntrack.txt").read_text()
     assert "dst=10.96.0.50" in ct and ("src=10.244.1.6" in ct or "src=10.244.1.7" in ct)
     assert cap.exit_code == 0, cap.stderr

@@ -304,7 +304,8 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
     meta["nodeDump"] = {"node": node, "via": opts.via, "image": opts.image if opts.via == "pod"
                         else None, "modeHint": mode or None, **info}
     for failed, err in (info.get("errors") or {}).items():
-        if failed != "proxy-mode" and failed.split("-")[0] not in ("iptables", "ip6tables"):
+        if failed != "proxy-mode" and failed.split("-")[0] not in ("iptables", "ip6tables",
+                                                                   "kube"):  # kube-proxy-*
             progress(f"warning: on {node}, {failed}: {err}")
 
     # -- DNS: as the client would ask ------------------------------------------------------

@@ -62,9 +62,22 @@ esac
 [ -z "$CT_ARGS" ] || run conntrack.txt conntrack -L $CT_ARGS
 run ip-addr.json ip -j addr show
 run ip-route.json sh -c 'ip -j route show table main; ip -6 -j route show table main'
+run sysctl.txt sh -c 'grep -H "" /proc/sys/net/netfilter/nf_conntrack_count \
+  /proc/sys/net/netfilter/nf_conntrack_max /proc/sys/net/ipv4/ip_forward \
+  /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/bridge/bridge-nf-call-iptables \
+  /proc/sys/net/bridge/bridge-nf-call-ip6tables /proc/sys/net/ipv4/conf/*/rp_filter \
+  2>/dev/null; true'
+run conntrack-stats.txt conntrack -S
+run kube-proxy-healthz.json curl -s -m 2 http://127.0.0.1:10256/healthz
+run kube-proxy-metrics.txt sh -c 'curl -sf -m 2 http://127.0.0.1:10249/metrics |
+  grep "^kubeproxy_sync_proxy_rules_"'
 echo "$M DONE ===="
 exit 0
 """
+
+# The node's own state (nodefacts.py parses them): sysctls, conntrack counters, kube-proxy.
+NODE_FACT_FILES = ("sysctl.txt", "conntrack-stats.txt", "kube-proxy-healthz.json",
+                   "kube-proxy-metrics.txt")
 
 _SECTION = re.compile(rf"^{re.escape(MARK)} BEGIN (\S+) ====\n(.*?)\n{re.escape(MARK)} END "
                       rf"\1 rc=(\d+) ====\n(?:{re.escape(MARK)} STDERR \1 ====\n(.*?)\n"
@@ -118,7 +131,7 @@ def node_files(sec: Sections) -> tuple[dict[str, str], dict]:
     if mode:
         files["proxy-mode"] = mode + "\n"
     for name in ("ipvsadm-save.txt", "ipset-save.txt", "nft-ruleset.json", "conntrack.txt",
-                 "ip-addr.json", "ip-route.json"):
+                 "ip-addr.json", "ip-route.json", *NODE_FACT_FILES):
         if sec.output.get(name, "").strip():
             files[name] = sec.output[name]
     # A mode's dumps only: another mode's leftovers would be traced as a second dataplane.

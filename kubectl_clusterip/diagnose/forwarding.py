@@ -4,6 +4,7 @@ the node's own netfilter and routing state — gathered for `assemble`."""
 from __future__ import annotations
 
 from kubectl_clusterip.diagnose.cluster import Cluster
+from kubectl_clusterip.diagnose.node import node_findings
 from kubectl_clusterip.diagnose.policy import dns_policy, policy_findings
 from kubectl_clusterip.model import Finding, Trace
 
@@ -19,4 +20,5 @@ def forwarding(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str]]:
     d = dns_policy(cl, trace)
     if d is not None:
         found.append(d)
-    return found, notes
+    node_found, node_notes = node_findings(cl, trace)
+    return found + node_found, notes + node_notes
