@@ -141,6 +141,9 @@ def stub_tools(fc: FakeCluster, node_name: str, bin_dir: Path) -> None:
                           ("curl", "proxy-mode")):
         (bin_dir / f"{tool}.out").write_text(out[section])
         (bin_dir / tool).write_text(f"#!/bin/sh\ncat '{bin_dir}/{tool}.out'\n")
+    # curl answers the proxy mode only; nothing listens on the other ports (exit 7)
+    (bin_dir / "curl").write_text(f"#!/bin/sh\ncase \"$*\" in\n  *10249/proxyMode*) "
+                                  f"cat '{bin_dir}/curl.out' ;;\n  *) exit 7 ;;\nesac\n")
     (bin_dir / "iptables-legacy-save").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "addr.json").write_text(out["ip-addr.json"])
     (bin_dir / "route.json").write_text(out["ip-route.json"])
