@@ -65,7 +65,8 @@ def test_fast_path_loads_nothing_heavy() -> None:
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "kind-my-service")
 DUMP = os.path.join(EXAMPLE, "nodes", "kind-worker", "iptables-save.txt")
 LIVE = ("kubernetes", "urllib3", "dns", "kubectl_clusterip.cluster.", "kubectl_clusterip.completion")
-MODES = ("kubectl_clusterip.nftables", "kubectl_clusterip.ipvs", "kubectl_clusterip.cilium")
+MODES = ("kubectl_clusterip.nftables", "kubectl_clusterip.ipvs", "kubectl_clusterip.cilium.dataplane",
+         "kubectl_clusterip.cilium.parse")
 
 
 @pytest.mark.parametrize("args,unused", [
