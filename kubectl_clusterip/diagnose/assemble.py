@@ -3,7 +3,6 @@ order (`apply`), with the API's facts added to the walker's own findings."""
 
 from __future__ import annotations
 
-from kubectl_clusterip.cilium.drift import backend_drift
 from kubectl_clusterip.diagnose.cluster import Cluster, listed, metadata
 from kubectl_clusterip.diagnose.conntrack import stale_conntrack
 from kubectl_clusterip.diagnose.dns import coredns, dns
@@ -115,7 +114,8 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
             topo = topology(cl, exp)
             if topo is not None:
                 found.append(topo)
-        if cilium:
+        if cilium:  # imported here: the other modes' traces never load the cilium package
+            from kubectl_clusterip.cilium.drift import backend_drift
             found += backend_drift(trace, eps, node)
         ct = stale_conntrack(cl, trace, eps)
         if ct is not None:

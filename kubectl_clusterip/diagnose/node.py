@@ -11,8 +11,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import yaml
-
 from kubectl_clusterip.diagnose.cluster import Cluster, listed
 from kubectl_clusterip.findings import finding
 from kubectl_clusterip.model import ClusterIPError, Finding, Route, Trace
@@ -143,6 +141,8 @@ def _go_duration(s: str) -> float | None:
 
 def sync_period(cl: Cluster, mode: str) -> tuple[float, str]:
     """kube-proxy's syncPeriod for the mode (seconds) and where it came from."""
+    import yaml  # only when there is a healthz to judge: the -o json trace stays yaml-free
+
     cm = cl.snap.get("ConfigMap", "kube-system", "kube-proxy")
     try:
         doc = yaml.safe_load(((cm or {}).get("data") or {}).get("config.conf") or "") or {}
