@@ -144,10 +144,15 @@ def sync_period(cl: Cluster, mode: str) -> tuple[float, str]:
     import yaml  # only when there is a healthz to judge: the -o json trace stays yaml-free
 
     cm = cl.snap.get("ConfigMap", "kube-system", "kube-proxy")
-    try:
-        doc = yaml.safe_load(((cm or {}).get("data") or {}).get("config.conf") or "") or {}
-    except yaml.YAMLError:
-        doc = {}
+    conf = ((cm or {}).get("data") or {}).get("config.conf") or ""
+    doc = {}
+    if conf:  # a bare dump has no ConfigMap, and then no need of a YAML parser
+        import yaml
+
+        try:
+            doc = yaml.safe_load(conf) or {}
+        except yaml.YAMLError:
+            pass
     raw = ((doc.get(mode) or {}) if isinstance(doc, dict) else {}).get("syncPeriod")
     value = _go_duration(str(raw)) if raw else None
     if value:
