@@ -246,9 +246,9 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
         write_snapshot(snap, directory)
     except OSError as e:
         raise ClusterIPError(f"{directory}: cannot write the snapshot: {e.strerror}") from None
-    click.echo(f"wrote {directory}: {len(snap.objects)} objects, rules of node"
-               + (f"s {', '.join(snap.nodes)}" if len(snap.nodes) > 1 else
-                  f" {snap.meta.get('clientNode')}"), err=True)
+    click.echo(f"wrote {directory}: {len(snap.objects)} objects, rules"
+               + (f" of {len(snap.nodes)} nodes" if len(snap.nodes) > 1 else
+                  f" of node {snap.meta.get('clientNode')}"), err=True)
 
 
 @main.command(short_help="Trace one request to a Service, step by step.")

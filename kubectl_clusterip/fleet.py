@@ -16,9 +16,12 @@ from kubectl_clusterip.model import Finding, ServicePort, Trace
 
 # Findings that say the node's rules disagree with the API: kube-proxy on it is behind.
 DRIFT = ("ServiceNotProgrammed", "MissingEndpointRules", "StaleEndpointRules", "NoKubeProxy",
-         "ProxyModeMismatch", "NoServiceRule", "PartialDispatch", "DroppedByRule")
-# Steps whose findings are the node's own state rather than the Service's.
-NODE_STEPS = ("forward", "reply")
+         "ProxyModeMismatch", "NoServiceRule", "PartialDispatch", "DroppedByRule",
+         "KubeProxySyncStale", "KubeProxyChainsUnreachable")
+# Findings about the node's own state (docs/findings.md, "the node's own state").
+NODE_FACTS = ("ConntrackTableFull", "ConntrackTableNearlyFull", "ConntrackDrops",
+              "IpForwardDisabled", "BridgeNfCallIptablesOff", "PodCidrRouteMissing",
+              "PodCidrRouteUnexpectedDevice", "StaleConntrack")
 SHOWN = 5  # nodes named in the summary line
 
 
@@ -58,8 +61,7 @@ def node_row(node: str, traces: list[Trace]) -> Row:
     """The node's row from its traces (one per port and family of the service)."""
     found = [f for t in traces for f in t.findings]
     drift = _unique([f for f in found if f.code in DRIFT])
-    facts = _unique([f for f in found if f.code not in DRIFT and f.step in NODE_STEPS
-                     and f.severity in ("error", "warning")])
+    facts = _unique([f for f in found if f.code in NODE_FACTS])
     ports = [_port(t) for t in traces]
     errors = [f for f in found if f.severity == "error"]
     if not errors and any(f.code == "KubeProxyReplaced" for f in found):
@@ -160,9 +162,9 @@ def rules_rows(per_node: dict[str, tuple[list[str], list[ServicePort]] | str]) -
         mine = {_key(sp): tuple(sorted(e[:2] for e in sp.endpoints)) for sp in ports}
         differs = []
         for k in sorted(keys, key=str):
-            majority, n = votes[k].most_common(1)[0]
+            majority = votes[k].most_common(1)[0][0]
             if k not in mine:
-                if n * 2 > len(read):
+                if sum(votes[k].values()) * 2 > len(read):  # most nodes program it
                     differs.append(f"{k[0]}: missing")
             elif mine[k] != majority:
                 differs.append(f"{k[0]}: {len(mine[k])} endpoints, most nodes {len(majority)}")
