@@ -47,7 +47,7 @@ def test_summaries():
         "no room)")
     assert fleet.summary([bad, bad]) == "all 2 nodes broken: IpForwardDisabled"
     many = [fleet.failed_row(f"n{i}", "x") for i in range(8)]
-    assert fleet.summary(many + [ok]).endswith(", and 3 more")
+    assert fleet.summary([*many, ok]).endswith(", and 3 more")
 
 
 def test_rules_rows_name_what_differs_from_most_nodes():
