@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kubectl_clusterip.model import Address, ClusterIPError, Node, Route
 from kubectl_clusterip.reads import MAX_INPUT_BYTES, load_yaml, read_text, shown
+from kubectl_clusterip.schema import IP_ADDR, IP_ROUTE, Check, check_json, check_meta, check_objects
 
 # Cilium agent outputs, run in the node's cilium-agent container (`cilium` on 1.14 and older).
 CILIUM_FILES = {
@@ -77,6 +78,12 @@ class Snapshot:
     nodes: dict[str, NodeDumps] = field(default_factory=dict)
     source: str = ""
 
+    def __post_init__(self) -> None:
+        """The one typed boundary: objects and meta from disk or the API are checked here."""
+        live = self.source.startswith("context ")
+        check_meta(self.meta, self.source if live else f"{self.source}/snapshot.yaml")
+        check_objects(self.objects, self.source if live else f"{self.source}/objects.yaml")
+
     def of_kind(self, kind: str) -> list[dict]:
         return [o for o in self.objects if o.get("kind") == kind]
 
@@ -102,35 +109,37 @@ def from_rule_files(paths: list[str], read) -> Snapshot:
 
 
 def node_from_ip_json(name: str | None, addr_json: str, route_json: str) -> Node:
-    addresses: list[Address] = []
-    routes: list[Route] = []
-    try:
-        for link in _json_list(addr_json):
-            for a in link.get("addr_info", []):
-                if a.get("family") in ("inet", "inet6") and a.get("scope") != "link":
-                    addresses.append(Address(a["local"], int(a.get("prefixlen", 32)),
-                                             link.get("ifname", "")))
-        for r in _json_list(route_json):
-            if r.get("type", "unicast") != "unicast":
-                continue
-            routes.append(Route(r.get("dst", "default"), r.get("dev", ""), r.get("prefsrc"),
-                                r.get("gateway")))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ClusterIPError(f"node {name}: unreadable ip -j output ({e})") from None
-    return Node(name, tuple(addresses), tuple(routes))
+    """The node's addresses and routes from `ip -j addr` / `ip -j route`, checked as read."""
+    node = name or "node"
+    links = ip_json(addr_json, f"{node}/ip-addr.json", IP_ADDR)
+    routes = ip_json(route_json, f"{node}/ip-route.json", IP_ROUTE)
+    return Node(name, tuple(
+        Address(a["local"], a.get("prefixlen", 32), link.get("ifname", ""))
+        for link in links for a in link.get("addr_info") or []
+        if a.get("family") in ("inet", "inet6") and a.get("scope") != "link"
+        and a.get("local")), tuple(
+        Route(r.get("dst", "default"), r.get("dev", ""), r.get("prefsrc"), r.get("gateway"))
+        for r in routes if r.get("type", "unicast") == "unicast"))
 
 
-def _json_list(text: str) -> list[dict]:
+def ip_json(text: str, where: str, check: Check) -> list[dict]:
     """`ip -j` prints one JSON array per command; two commands' output may be concatenated."""
-    out: list[dict] = []
+    out: list = []
     dec = json.JSONDecoder()
     i, text = 0, text.strip()
-    while i < len(text):
-        value, end = dec.raw_decode(text, i)
-        out.extend(value if isinstance(value, list) else [value])
-        i = end
-        while i < len(text) and text[i].isspace():
-            i += 1
+    try:
+        while i < len(text):
+            value, end = dec.raw_decode(text, i)
+            out.extend(value if isinstance(value, list) else [value])
+            i = end
+            while i < len(text) and text[i].isspace():
+                i += 1
+    except RecursionError:
+        raise ClusterIPError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise ClusterIPError(f"{where}: not ip -j output (invalid JSON at line {e.lineno}, "
+                             f"column {e.colno})") from None
+    check_json(out, where, check)
     return out
 
 
