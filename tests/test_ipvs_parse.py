@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_clusterip.ipvs.parse import (
-    IpSet,
-    looks_like_ipset,
-    looks_like_ipvsadm,
-    parse_ipset,
-    parse_ipvsadm,
-)
+from kubectl_clusterip.ipvs.ipset import IpSet, looks_like_ipset, parse_ipset
+from kubectl_clusterip.ipvs.parse import looks_like_ipvsadm, parse_ipvsadm
 from kubectl_clusterip.model import ClusterIPError
 
 DATA = Path(__file__).parent / "data" / "ipvs"
@@ -108,7 +103,7 @@ def test_single_service_listing_without_version_line():
     ("-A -t 10.0.0.1:80 -s rr\nbogus line\n", "dump:2: not ipvsadm-save output"),
     ("-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m -w 1\n", "unknown virtual service"),
     ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m -w x\n", "bad weight"),
-    ("-A -t 10.0.0.300:80 -s rr\n", "unreadable address"),
+    ("-A -t 10.0.0.300:80 -s rr\n", "not an IP address: .10.0.0.300:80."),
     ("IPVS connection entries\npro expire state       source\n", "ipvsadm -Lnc"),
     ("IP Virtual Server version 1.2.1 (size=4096)\n"
      "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
@@ -183,3 +178,90 @@ def test_ipset_is_frozen_and_comparable():
     a = IpSet("A", "hash:ip", 4, ("10.0.0.1",))
     assert a == IpSet("A", "hash:ip", 4, ("10.0.0.1",))
     assert a.test(["dst"], "1.1.1.1", "10.0.0.1", 1, 1, "icmp") is True
+
+
+def _names(text: str) -> str:
+    """As `ipvsadm -L` (no -n) prints ports: getservbyport's names where it has one."""
+    import re
+
+    names = {"443": "https", "53": "domain", "80": "http", "8080": "http-alt"}
+    return re.sub(r":(\d+)(?=\s)", lambda m: ":" + names.get(m.group(1), m.group(1)), text)
+
+
+def test_listing_with_service_names_reads_like_the_numeric_one():
+    numeric = read("ipvsadm-Ln.txt")
+    named = _names(numeric)
+    assert ":https " in named and ":domain " in named and ":http-alt " in named
+    assert shape(parse_ipvsadm(named)) == shape(parse_ipvsadm(numeric))
+
+
+def test_udp_names_resolve_for_udp():
+    text = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "UDP  10.96.0.10:domain rr\n"
+            "  -> 10.244.1.3:domain             Masq    1      0          0\n")
+    vs = parse_ipvsadm(text).services[0]
+    assert (vs.protocol, vs.port, vs.real_servers[0].port) == ("udp", 53, 53)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("TCP  kubernetes.default.svc.cluster.local:https rr",
+     "a host name, not an address .* run `ipvsadm -Ln`"),
+    ("TCP  10.96.0.1:notaservice rr", "unknown tcp service name: '10.96.0.1:notaservice'"),
+    ("TCP  10.96.0.1:70000 rr", "port out of range"),
+    ("TCP  10.96.0.1:\u0664\u0664\u0663 rr", "unknown tcp service name"),
+    ("TCP  10.96.0.1:443 bogus", "unknown IPVS scheduler 'bogus'"),
+    ("TCP  10.96.0.1:443 rr\n  -> 10.244.1.3:443  Masq 70000 0 0", "bad weight .0-65535.: "
+     "'70000'"),
+    ("TCP  10.96.0.1:443 rr\n  -> 10.244.1.3:443  Masq -1 0 0", "bad weight"),
+    ("FWM  99999999999 rr", "bad firewall mark"),
+])
+def test_listing_values_are_checked(line: str, message: str):
+    text = "IP Virtual Server version 1.2.1 (size=4096)\n" + line + "\n"
+    with pytest.raises(ClusterIPError, match=message) as e:
+        parse_ipvsadm(text, "ipvs.txt")
+    assert str(e.value).startswith(f"ipvs.txt:{1 + len(line.splitlines())}: ")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("-A -t 10.0.0.1:80 -s nosuch\n", "unknown IPVS scheduler"),
+    ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m -w 65536\n", "bad weight"),
+    ("-A -t 10.0.0.1:65536 -s rr\n", "port out of range"),
+    ("-A -f 4294967296 -s rr\n", "bad firewall mark"),
+])
+def test_save_values_are_checked(text: str, message: str):
+    with pytest.raises(ClusterIPError, match=message):
+        parse_ipvsadm(text)
+
+
+LISTED_WITH_ELISION = """\
+Name: KUBE-CLUSTER-IP
+Type: hash:ip,port
+Revision: 7
+Header: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x5ee0b1d5
+Size in memory: 600
+References: 3
+Number of entries: 4
+Members:
+10.96.0.1,tcp:443
+
+10.96.0.10,udp:53
+"""
+
+
+def test_ipset_list_with_elided_members_is_incomplete_not_wrong():
+    s = parse_ipset(LISTED_WITH_ELISION)["KUBE-CLUSTER-IP"]
+    assert s.members == ("10.96.0.1,tcp:443", "10.96.0.10,udp:53") and s.missing == 2
+    assert s.test(["dst", "dst"], "10.244.0.5", "10.96.0.10", 1234, 53, "udp") is True
+    unknown = s.test(["dst", "dst"], "10.244.0.5", "10.96.0.99", 1234, 80, "tcp")
+    assert isinstance(unknown, str) and "lists 2 of its 4 members" in unknown
+    full = parse_ipset(read("ipset-list.txt"))["KUBE-CLUSTER-IP"]
+    assert full.missing == 0
+
+
+@pytest.mark.parametrize("member", ["10.96.0.1,tcp:65536", "10.96.0.1,tcp:\u0664\u0664\u0663",
+                                    "10.96.0.999,tcp:80"])
+def test_ipset_member_values_are_checked(member: str):
+    with pytest.raises(ClusterIPError, match="unreadable member"):
+        parse_ipset(LISTED_WITH_ELISION.replace("10.96.0.1,tcp:443", member), "sets.txt")

@@ -19,13 +19,8 @@ from kubectl_clusterip.findings import finding
 from kubectl_clusterip.iptables.dataplane import IptablesDataplane
 from kubectl_clusterip.iptables.parse import Ruleset
 from kubectl_clusterip.iptables.shapes import read_rulesets
-from kubectl_clusterip.ipvs.parse import (
-    IpSet,
-    IpvsTable,
-    VirtualService,
-    parse_ipset,
-    parse_ipvsadm,
-)
+from kubectl_clusterip.ipvs.ipset import IpSet, parse_ipset
+from kubectl_clusterip.ipvs.parse import IpvsTable, VirtualService, parse_ipvsadm
 from kubectl_clusterip.ipvs.walk import IpvsWalker, describe_scheduler, shares
 from kubectl_clusterip.model import (
     Finding,

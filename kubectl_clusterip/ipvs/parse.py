@@ -1,15 +1,13 @@
-"""Parse `ipvsadm-save -n` / `ipvsadm -Ln` and `ipset save` / `ipset list` output.
+"""Parse `ipvsadm-save -n` / `ipvsadm -Ln` output (ipset output: ipvs/ipset.py).
 
 IPVS dumps carry no Service names and no policy beyond the scheduler, so the parse keeps
 exactly what the tools print: virtual services with scheduler, persistence and flags, and
 their real servers with forwarding method, weight and (in `-L` output) connection counts.
-The ipsets become membership tests the iptables walker calls for `-m set --match-set`.
 
 Formats: ipvsadm 1.31 (`print_service_entry`: `-A -t|-u|--sctp-service ADDR -s SCHED
 [-p T] [-M MASK] [--pe PE] [-o] [-b FLAGS]`, `-a … -r ADDR -m|-g|-i -w W`; listing
 `PROT  ADDR SCHED [(FLAGS)] [persistent T [mask M] [pe PE]] [ops]` and
-`  -> ADDR FORWARD WEIGHT ACTIVE INACTIVE`; IPv6 as `[addr]:port`), and ipset 6/7
-(`create NAME TYPE opts` / `add NAME ELEMENT opts`; `Name:`/`Type:`/`Header:`/`Members:`).
+`  -> ADDR FORWARD WEIGHT ACTIVE INACTIVE`; IPv6 as `[addr]:port`).
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 
 from kubectl_clusterip.model import ClusterIPError, family_of, join_host_port
+from kubectl_clusterip.nftables.boundary import shown
+from kubectl_clusterip.portnames import port_number
 
 FORWARD_NAMES = {"masq": "masq", "route": "route", "tunnel": "tunnel", "local": "local",
                  "fullnat": "fullnat"}
@@ -26,9 +26,14 @@ FORWARD_SWITCHES = {"-m": "masq", "--masquerading": "masq", "-g": "route",
                     "--gatewaying": "route", "-i": "tunnel", "--ipip": "tunnel"}
 SERVICE_SWITCHES = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service": "udp",
                     "--sctp-service": "sctp", "-f": "fwmark", "--fwmark-service": "fwmark"}
-_LIST_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+)\s+(\S+)(.*)$")
-_LIST_FWMARK = re.compile(r"^FWM\s+(\d+)(\s+IPv6)?\s+(\S+)(.*)$")
-_LIST_DEST = re.compile(r"^\s+->\s+(\S+)\s+([A-Za-z]+)\s+(-?\d+)\s+(\d+)\s+(\d+)\s*$")
+# ip_vs_*.ko schedulers in Linux 6.x (mh since 4.18, twos since 5.5)
+SCHEDULERS = frozenset(("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq",
+                        "fo", "ovf", "mh", "twos"))
+MAX_WEIGHT = 65535  # ipvsadm(8): "valid values of weight are 0 through to 65535"
+_LIST_SERVICE = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+)\s+(\S+)(.*)$", re.A)
+_LIST_FWMARK = re.compile(r"^FWM\s+(\d+)(\s+IPv6)?\s+(\S+)(.*)$", re.A)
+_LIST_DEST = re.compile(r"^\s+->\s+(\S+)\s+([A-Za-z]+)\s+(-?\d+)\s+(\d+)\s+(\d+)\s*$",
+                        re.A)
 
 
 @dataclass(frozen=True)
@@ -108,20 +113,50 @@ def _canon(ip: str) -> str:
         return ip
 
 
-def split_address(value: str, where: str = "") -> tuple[str, int]:
-    """`10.96.0.1:443`, `[fd00::1]:443`, or a bare address (port 0)."""
+def split_address(value: str, where: str = "", protocol: str = "tcp") -> tuple[str, int]:
+    """`10.96.0.1:443`, `[fd00::1]:443`, or a bare address (port 0). Without `-n` ipvsadm
+    prints port names (`:https`, `:domain`): read as its getservbyport answered them."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, None
     try:
-        if value.startswith("["):
-            host, _, rest = value[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 0
-        elif value.count(":") == 1:
-            host, _, p = value.partition(":")
-            port = int(p)
-        else:
-            host, port = value, 0
-        return ipaddress.ip_address(host).compressed, port
+        ip = ipaddress.ip_address(host).compressed
     except ValueError:
-        raise ClusterIPError(f"{where}unreadable address {value!r}") from None
+        raise ClusterIPError(f"{where}{_host_problem(host)}: {shown(value)}; run `ipvsadm -Ln` "
+                             "(numeric output)") from None
+    if port_text is None:
+        return ip, 0
+    port = port_number(port_text, "tcp" if protocol == "fwmark" else protocol)
+    if port is None:
+        what = "port out of range (0-65535)" if port_text.isascii() and \
+            port_text.isdigit() else f"unknown {protocol} service name"
+        raise ClusterIPError(f"{where}{what}: {shown(value)}; run `ipvsadm -Ln` (numeric "
+                             "output)")
+    return ip, port
+
+
+def _host_problem(host: str) -> str:
+    if host and re.fullmatch(r"[A-Za-z0-9.-]+", host) and not host.replace(".", "").isdigit():
+        return "a host name, not an address (ipvsadm -L resolved it)"
+    return "not an IP address"
+
+
+def _number(text: str | None, what: str, limit: int, where: str) -> int:
+    """A decimal the tools print (ASCII digits only), within 0..limit."""
+    if text is None or not (text.isascii() and text.isdigit()) or int(text) > limit:
+        raise ClusterIPError(f"{where}bad {what} (0-{limit}): {shown(text or '')}")
+    return int(text)
+
+
+def _scheduler(name: str | None, where: str) -> str:
+    if name not in SCHEDULERS:
+        raise ClusterIPError(f"{where}unknown IPVS scheduler {shown(name or '')} (known: "
+                             f"{', '.join(sorted(SCHEDULERS))})")
+    return name
 
 
 def looks_like_ipvsadm(text: str) -> bool:
@@ -204,10 +239,10 @@ def _save_options(tokens: list[str], where: str) -> dict:
             proto = SERVICE_SWITCHES[t]
             opts["protocol"] = proto
             if proto == "fwmark":
-                opts["fwmark"] = int(nxt)
+                opts["fwmark"] = _number(nxt, "firewall mark", 0xFFFFFFFF, where)
                 opts["address"] = ("", 0)
             else:
-                opts["address"] = split_address(nxt, where)
+                opts["address"] = split_address(nxt, where, proto)
             opts["service"] = f"{proto} {nxt}"
             i += 2
         elif t in ("-6", "--ipv6"):
@@ -216,11 +251,11 @@ def _save_options(tokens: list[str], where: str) -> dict:
                 opts["service"] += " -6"
             i += 1
         elif t in ("-s", "--scheduler"):
-            opts["scheduler"] = nxt
+            opts["scheduler"] = _scheduler(nxt, where)
             i += 2
         elif t in ("-p", "--persistent"):
             if nxt is not None and nxt.isdigit():
-                opts["persistent"] = int(nxt)
+                opts["persistent"] = _number(nxt, "persistence timeout", 0x7FFFFFFF, where)
                 i += 2
             else:
                 opts["persistent"] = 300  # ipvsadm's default timeout
@@ -240,16 +275,13 @@ def _save_options(tokens: list[str], where: str) -> dict:
         elif t in ("-r", "--real-server"):
             if nxt is None:
                 raise ClusterIPError(f"{where}-r without an address")
-            opts["server"] = split_address(nxt, where)
+            opts["server"] = split_address(nxt, where, opts.get("protocol", "tcp"))
             i += 2
         elif t in FORWARD_SWITCHES:
             opts["forward"] = FORWARD_SWITCHES[t]
             i += 1
         elif t in ("-w", "--weight"):
-            try:
-                opts["weight"] = int(nxt or "")
-            except ValueError:
-                raise ClusterIPError(f"{where}bad weight {nxt!r}") from None
+            opts["weight"] = _number(nxt, "weight", MAX_WEIGHT, where)
             i += 2
         elif t in ("-x", "-y", "--u-threshold", "--l-threshold", "--tun-type", "--tun-port"):
             i += 2
@@ -288,14 +320,15 @@ def _parse_list(text: str, source: str) -> IpvsTable:
         if m:
             if current is None:
                 raise ClusterIPError(f"{where}:{lineno}: real server before any service")
-            ip, port = split_address(m.group(1), f"{where}:{lineno}: ")
+            at = f"{where}:{lineno}: "
+            ip, port = split_address(m.group(1), at, current["protocol"])
             fwd = FORWARD_NAMES.get(m.group(2).lower())
             if fwd is None:
                 raise ClusterIPError(f"{where}:{lineno}: unknown forwarding method "
                                      f"{m.group(2)!r}")
             current["real_servers"] = (*current["real_servers"], RealServer(
-                ip, port or current["port"], fwd, int(m.group(3)), int(m.group(4)),
-                int(m.group(5)), s))
+                ip, port or current["port"], fwd, _number(m.group(3), "weight", MAX_WEIGHT, at),
+                int(m.group(4)), int(m.group(5)), s))
             continue
         m = _LIST_SERVICE.match(raw)
         fm = _LIST_FWMARK.match(raw) if m is None else None
@@ -303,14 +336,18 @@ def _parse_list(text: str, source: str) -> IpvsTable:
             raise ClusterIPError(f"{where}:{lineno}: not ipvsadm -Ln output: {raw[:60]!r}")
         close()
         if m is not None:
-            ip, port = split_address(m.group(2), f"{where}:{lineno}: ")
+            at = f"{where}:{lineno}: "
+            ip, port = split_address(m.group(2), at, m.group(1).lower())
             current = {"protocol": m.group(1).lower(), "ip": ip, "port": port,
-                       "scheduler": m.group(3)}
+                       "scheduler": _scheduler(m.group(3), at)}
             rest = m.group(4)
         else:
             assert fm is not None
-            current = {"protocol": "fwmark", "ip": "", "port": 0, "scheduler": fm.group(3),
-                       "fwmark": int(fm.group(1)), "fwmark_family": 6 if fm.group(2) else 4}
+            at = f"{where}:{lineno}: "
+            current = {"protocol": "fwmark", "ip": "", "port": 0,
+                       "scheduler": _scheduler(fm.group(3), at),
+                       "fwmark": _number(fm.group(1), "firewall mark", 0xFFFFFFFF, at),
+                       "fwmark_family": 6 if fm.group(2) else 4}
             rest = fm.group(4)
         current.update(_list_flags(rest, f"{where}:{lineno}: "))
         current["real_servers"] = ()
@@ -346,186 +383,4 @@ def _list_flags(rest: str, where: str) -> dict:
             i += 1
         else:
             i += 1
-    return out
-
-
-# -- ipset ------------------------------------------------------------------------------------
-
-_PORT_PROTOS = ("tcp", "udp", "sctp", "udplite")
-
-
-@dataclass(frozen=True)
-class IpSet:
-    """One ipset and its members; `test` answers an iptables `--match-set NAME FLAGS` match."""
-
-    name: str
-    type: str  # hash:ip,port / hash:ip,port,ip / bitmap:port / hash:ip / hash:net …
-    family: int | None = None  # 4 | 6; None for bitmap:port (no family)
-    members: tuple[str, ...] = ()  # elements as printed, options stripped
-    nomatch: tuple[str, ...] = ()  # elements added with `nomatch` (excluded from a net)
-    header: str = ""
-    comments: tuple[tuple[str, str], ...] = ()  # (element, comment) where a member has one
-    _exact: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
-    _nets: tuple = field(default=(), init=False, repr=False, compare=False)
-    _excluded: tuple = field(default=(), init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        """Members become comparable tuples once; a bad member is an error at load time."""
-        elems = tuple(_element(self, m) for m in self.members)
-        object.__setattr__(self, "_exact", frozenset(elems))
-        object.__setattr__(self, "_nets", elems if "net" in self.dimensions else ())
-        object.__setattr__(self, "_excluded", tuple(_element(self, m) for m in self.nomatch))
-
-    @property
-    def dimensions(self) -> tuple[str, ...]:
-        return tuple(self.type.split(":", 1)[1].split(",")) if ":" in self.type else ()
-
-    def test(self, flags: list[str], src: str, dst: str, sport: int, dport: int,
-             protocol: str) -> bool | str:
-        """Kernel semantics: one flag per dimension (fewer flags never match), family must fit."""
-        dims = self.dimensions
-        if any(d not in ("ip", "port", "net") for d in dims):
-            return f"ipset {self.name} ({self.type}) is not modelled"
-        if len(flags) < len(dims):
-            return False
-        if self.family is not None and family_of(dst) != self.family:
-            return False
-        want = []
-        for dim, flag in zip(dims, flags):
-            if flag not in ("src", "dst"):
-                return f"ipset flag {flag!r} is not modelled"
-            if dim == "port":
-                port = sport if flag == "src" else dport
-                if protocol not in _PORT_PROTOS:
-                    return False
-                want.append(port if self.type.startswith("bitmap:") else (protocol, port))
-            else:
-                want.append(ipaddress.ip_address(src if flag == "src" else dst))
-        key = tuple(want)
-        if "net" not in dims:
-            return key in self._exact
-        return (any(_net_match(m, key) for m in self._nets)
-                and not any(_net_match(m, key) for m in self._excluded))
-
-
-def _net_match(member: tuple, want: tuple) -> bool:
-    for have, got in zip(member, want):
-        if isinstance(have, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            if got.version != have.version or got not in have:
-                return False
-        elif have != got:
-            return False
-    return True
-
-
-
-def _element(s: IpSet, text: str) -> tuple:
-    parts = text.split(",")
-    if len(parts) != len(s.dimensions):
-        raise ClusterIPError(f"ipset {s.name}: member {text!r} does not fit type {s.type}")
-    out: list = []
-    try:
-        for dim, part in zip(s.dimensions, parts):
-            if dim == "ip":
-                out.append(ipaddress.ip_address(part))
-            elif dim == "net":
-                out.append(ipaddress.ip_network(part, strict=False))
-            elif s.type.startswith("bitmap:"):
-                out.append(int(part))
-            else:
-                proto, sep, port = part.rpartition(":")
-                out.append(((proto or "tcp") if sep else "tcp", int(port)))
-    except ValueError:
-        raise ClusterIPError(f"ipset {s.name}: unreadable member {text!r}") from None
-    return tuple(out)
-
-
-def looks_like_ipset(text: str) -> bool:
-    return bool(re.search(r"^(create \S+ (hash|bitmap|list):|Name: \S+\nType: )",
-                          text[:8192].lstrip(), re.M))
-
-
-def parse_ipset(text: str, source: str = "") -> dict[str, IpSet]:
-    """`ipset save` or `ipset list` output -> sets by name (IPv6 ones are named KUBE-6-…)."""
-    if re.search(r"^Name: ", text, re.M):
-        return _parse_ipset_list(text, source)
-    return _parse_ipset_save(text, source)
-
-
-def _family(header: str) -> int | None:
-    m = re.search(r"\bfamily (inet6?)\b", header)
-    return (6 if m.group(1) == "inet6" else 4) if m else None
-
-
-def _build(name: str, typ: str, header: str, members: list[str]) -> IpSet:
-    keep, excluded, comments = [], [], []
-    for line in members:
-        elem, _, opts = line.strip().partition(" ")
-        comment = re.search(r'\bcomment "((?:[^"\\]|\\.)*)"', opts)
-        if comment:
-            comments.append((elem, comment.group(1)))
-            opts = opts[:comment.start()] + opts[comment.end():]
-        (excluded if re.search(r"(^|\s)nomatch(\s|$)", opts) else keep).append(elem)
-    return IpSet(name, typ, _family(header), tuple(keep), tuple(excluded), header,
-                 tuple(comments))
-
-
-def _parse_ipset_save(text: str, source: str) -> dict[str, IpSet]:
-    where = source or "dump"
-    heads: dict[str, tuple[str, str]] = {}
-    members: dict[str, list[str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(" ", 3)
-        if parts[0] == "create" and len(parts) >= 3:
-            heads[parts[1]] = (parts[2], parts[3] if len(parts) > 3 else "")
-            members.setdefault(parts[1], [])
-        elif parts[0] == "add" and len(parts) >= 3:
-            if parts[1] not in heads:
-                raise ClusterIPError(f"{where}:{lineno}: member of unknown set {parts[1]}")
-            members[parts[1]].append(" ".join(parts[2:]))
-        else:
-            raise ClusterIPError(f"{where}:{lineno}: not ipset save output: {raw[:60]!r}")
-    try:
-        return {n: _build(n, t, h, members[n]) for n, (t, h) in heads.items()}
-    except ClusterIPError as e:
-        raise ClusterIPError(f"{where}: {e}") from None
-
-
-def _parse_ipset_list(text: str, source: str) -> dict[str, IpSet]:
-    where = source or "dump"
-    out: dict[str, IpSet] = {}
-    block: dict[str, str] = {}
-    members: list[str] = []
-    in_members = False
-
-    def close() -> None:
-        if block:
-            if "Name" not in block or "Type" not in block:
-                raise ClusterIPError(f"{where}: ipset list block without Name/Type")
-            try:
-                out[block["Name"]] = _build(block["Name"], block["Type"],
-                                            block.get("Header", ""), members)
-            except ClusterIPError as e:
-                raise ClusterIPError(f"{where}: {e}") from None
-
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip()
-        if line.startswith("Name: "):
-            close()
-            block, members, in_members = {"Name": line[6:].strip()}, [], False
-        elif not line.strip():
-            in_members = False
-        elif in_members:
-            members.append(line.strip())
-        elif line == "Members:":
-            in_members = True
-        elif ":" in line and block:
-            k, _, v = line.partition(":")
-            block[k.strip()] = v.strip()
-        else:
-            raise ClusterIPError(f"{where}:{lineno}: not ipset list output: {raw[:60]!r}")
-    close()
     return out
