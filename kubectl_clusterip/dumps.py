@@ -146,7 +146,8 @@ def classify(dumps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
                 raise ClusterIPError(f"{source}{seen}; run `iptables-save`, `nft list ruleset` "
                                      "or `ipvsadm -Ln` on the node and give its output (or "
                                      "cilium-dbg service list / bpf lb list / status)")
-            by_format.setdefault(f, []).append((source, seg.raw if f == "iptables" else seg.text))
+            by_format.setdefault(f, []).append((source, seg.raw if f == "iptables"
+                                                else seg.marked()))
     return by_format
 
 

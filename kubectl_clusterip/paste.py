@@ -47,6 +47,15 @@ class Segment(NamedTuple):
     def lines(self) -> list[str]:
         return self.text.split("\n")
 
+    def marked(self) -> str:
+        """The text with each elided line kept as `...`, for a parser that reports them."""
+        if not self.elided:
+            return self.text
+        lines = self.text.split("\n")
+        for n in self.elided:
+            lines[n - 1] = "..."
+        return "\n".join(lines)
+
 
 def prompt_command(line: str) -> str | None:
     """The command on a shell-prompt line (`""` for a bare prompt), or None if not a prompt.

@@ -265,3 +265,18 @@ def test_ipset_list_with_elided_members_is_incomplete_not_wrong():
 def test_ipset_member_values_are_checked(member: str):
     with pytest.raises(ClusterIPError, match="unreadable member"):
         parse_ipset(LISTED_WITH_ELISION.replace("10.96.0.1,tcp:443", member), "sets.txt")
+
+
+def test_elisions_in_ipset_save_and_ipvsadm_listings_are_named():
+    saved = parse_ipset(read("ipset-save.txt").replace(
+        "add KUBE-CLUSTER-IP 10.96.0.1,tcp:443", "...", 1))
+    s = saved["KUBE-CLUSTER-IP"]
+    assert s.cut and "is cut short" in str(
+        s.test(["dst", "dst"], "10.244.0.5", "10.96.0.1", 1, 443, "tcp"))
+    assert not saved["KUBE-LOOP-BACK"].cut
+    lines = read("ipvsadm-Ln.txt").split("\n")
+    lines[7] = "  ..."
+    listed = "\n".join(lines)
+    table = parse_ipvsadm(listed, "ipvs.txt")
+    (note,) = table.notes
+    assert note.startswith("line 8 elides lines after TCP 10.96.0.10:53")

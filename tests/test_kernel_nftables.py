@@ -75,7 +75,7 @@ def lab() -> Iterator[Lab]:
 
 
 def load(lab: Lab, services: list[dict], slices: list[dict], family: int = 4,
-         layout: str = "new") -> NftablesDataplane:
+         layout: str = "new") -> ShapeChecked:
     """Program the node, then read back what the kernel holds, as kube-proxy would find it."""
     lab.load_nft(expected_ruleset(services, slices, NODE_OBJ, CONFIG, family, layout,
                                   service_cidrs=["10.96.0.0/12", "fd00:10:96::/112"]))
@@ -83,10 +83,48 @@ def load(lab: Lab, services: list[dict], slices: list[dict], family: int = 4,
     return kernel_dataplane(lab, family)
 
 
-def kernel_dataplane(lab: Lab, family: int) -> NftablesDataplane:
+def kernel_dataplane(lab: Lab, family: int) -> ShapeChecked:
+    """The kernel's `nft -j` dataplane, whose every trace is also made from the text shapes
+    people paste of the same kernel state (issue 10: tabs or spaces, one table, handles)."""
     (dp,) = [d for d in NftablesDataplane.from_text(lab.nft_json(), "kernel")
              if d.family == family]
-    return dp
+    plain = lab.run("node", "nft", "list", "ruleset")
+    table = "ip" if family == 4 else "ip6"
+    shapes = {
+        "nft list ruleset": plain,
+        "re-indented with 4 spaces": plain.replace("\t", "    "),
+        "re-indented with 2 spaces": plain.replace("\t", "  "),
+        f"nft list table {table} kube-proxy": lab.run("node", "nft", "list", "table", table,
+                                                      "kube-proxy"),
+        "nft -a list ruleset": lab.run("node", "nft", "-a", "list", "ruleset"),
+    }
+    assert "\t" in plain and "# handle " in shapes["nft -a list ruleset"]
+    return ShapeChecked(dp, {name: next(d for d in NftablesDataplane.from_text(text, name)
+                                        if d.family == family)
+                             for name, text in shapes.items()})
+
+
+class ShapeChecked:
+    """A dataplane whose `trace` asserts every other shape gives the same answer."""
+
+    def __init__(self, dp: NftablesDataplane, shapes: dict[str, NftablesDataplane]) -> None:
+        self.dp, self.shapes = dp, shapes
+
+    def trace(self, packet: Packet, node: Node | None = None, affinity=None) -> Trace:
+        want = self.dp.trace(packet, node, affinity)
+        for name, other in self.shapes.items():
+            assert _answer(other.trace(packet, node, affinity)) == _answer(want), name
+        return want
+
+    def __getattr__(self, name: str):
+        return getattr(self.dp, name)
+
+
+def _answer(trace: Trace) -> tuple:
+    """What a paste's shape must not change: verdict, endpoints with odds, masquerade."""
+    return (trace.verdict, trace.service, trace.masquerade,
+            tuple((c.ip, c.port, round(c.probability, 12), c.masquerade, c.snat_ip, c.sticky)
+                  for c in trace.candidates))
 
 
 def node_context(lab: Lab) -> Node:

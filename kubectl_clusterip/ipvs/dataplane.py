@@ -95,6 +95,10 @@ class IpvsDataplane:
         if not self.ipsets and any(p.undecided for p in paths):
             trace.notes.append("no `ipset save` output given: the rules' --match-set matches "
                                "could not be decided")
+        trace.findings.extend(
+            finding("PasteAssumption", f"{self.table.source or 'the ipvsadm listing'}: {note}",
+                    "", "run `ipvsadm -Ln` on the node and give all of its output")
+            for note in self.table.notes)
         return trace
 
     def _explain(self, trace: Trace, vs: VirtualService, paths: list[Path]) -> None:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from kubectl_clusterip.model import ClusterIPError, family_of
-from kubectl_clusterip.nftables.boundary import shown
+from kubectl_clusterip.paste import is_elision, shorten
 
 _PORT_PROTOS = ("tcp", "udp", "sctp", "udplite")
 
@@ -26,6 +26,7 @@ class IpSet:
     header: str = ""
     comments: tuple[tuple[str, str], ...] = ()  # (element, comment) where a member has one
     entries: int | None = None  # `Number of entries:` of `ipset list`, when printed
+    cut: bool = False  # the paste elides some of its members (`...`)
     _exact: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
     _nets: tuple = field(default=(), init=False, repr=False, compare=False)
     _excluded: tuple = field(default=(), init=False, repr=False, compare=False)
@@ -68,10 +69,12 @@ class IpSet:
         else:
             hit = (any(_net_match(m, key) for m in self._nets)
                    and not any(_net_match(m, key) for m in self._excluded))
-        if not hit and self.missing:
-            return (f"ipset {self.name} lists {len(self.members) + len(self.nomatch)} of its "
-                    f"{self.entries} members (the rest were cut from the paste): whether it "
-                    "holds this one is unknown")
+        if not hit and (self.missing or self.cut):
+            listed = len(self.members) + len(self.nomatch)
+            have = f"lists {listed} of its {self.entries} members" if self.missing else \
+                f"is cut short ({listed} members shown)"
+            return (f"ipset {self.name} {have} in the paste: whether it holds this one is "
+                    "unknown")
         return hit
 
     @property
@@ -95,7 +98,7 @@ def _net_match(member: tuple, want: tuple) -> bool:
 def _element(s: IpSet, text: str) -> tuple:
     parts = text.split(",")
     if len(parts) != len(s.dimensions):
-        raise ClusterIPError(f"ipset {s.name}: member {shown(text)} does not fit type {s.type}")
+        raise ClusterIPError(f"ipset {s.name}: member {shorten(text)!r} does not fit type {s.type}")
     out: list = []
     try:
         for dim, part in zip(s.dimensions, parts):
@@ -109,7 +112,7 @@ def _element(s: IpSet, text: str) -> tuple:
                 proto, sep, port = part.rpartition(":")
                 out.append(((proto or "tcp") if sep else "tcp", _port(port)))
     except ValueError:
-        raise ClusterIPError(f"ipset {s.name}: unreadable member {shown(text)}") from None
+        raise ClusterIPError(f"ipset {s.name}: unreadable member {shorten(text)!r}") from None
     return tuple(out)
 
 
@@ -137,7 +140,7 @@ def _family(header: str) -> int | None:
 
 
 def _build(name: str, typ: str, header: str, members: list[str],
-           entries: int | None = None) -> IpSet:
+           entries: int | None = None, cut: bool = False) -> IpSet:
     keep, excluded, comments = [], [], []
     for line in members:
         elem, _, opts = line.strip().partition(" ")
@@ -147,29 +150,36 @@ def _build(name: str, typ: str, header: str, members: list[str],
             opts = opts[:comment.start()] + opts[comment.end():]
         (excluded if re.search(r"(^|\s)nomatch(\s|$)", opts) else keep).append(elem)
     return IpSet(name, typ, _family(header), tuple(keep), tuple(excluded), header,
-                 tuple(comments), entries)
+                 tuple(comments), entries, cut)
 
 
 def _parse_ipset_save(text: str, source: str) -> dict[str, IpSet]:
     where = source or "dump"
     heads: dict[str, tuple[str, str]] = {}
     members: dict[str, list[str]] = {}
+    cut: set[str] = set()  # sets whose members a `...` line stands for
+    last = ""
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
+            continue
+        if is_elision(line):
+            cut.add(last)
             continue
         parts = line.split(" ", 3)
         if parts[0] == "create" and len(parts) >= 3:
             heads[parts[1]] = (parts[2], parts[3] if len(parts) > 3 else "")
             members.setdefault(parts[1], [])
+            last = parts[1]
         elif parts[0] == "add" and len(parts) >= 3:
             if parts[1] not in heads:
                 raise ClusterIPError(f"{where}:{lineno}: member of unknown set {parts[1]}")
             members[parts[1]].append(" ".join(parts[2:]))
+            last = parts[1]
         else:
             raise ClusterIPError(f"{where}:{lineno}: not ipset save output: {raw[:60]!r}")
     try:
-        return {n: _build(n, t, h, members[n]) for n, (t, h) in heads.items()}
+        return {n: _build(n, t, h, members[n], cut=n in cut) for n, (t, h) in heads.items()}
     except ClusterIPError as e:
         raise ClusterIPError(f"{where}: {e}") from None
 
@@ -185,7 +195,7 @@ def _parse_ipset_list(text: str, source: str) -> dict[str, IpSet]:
     out: dict[str, IpSet] = {}
     block: dict[str, str] = {}
     members: list[str] = []
-    in_members = False
+    in_members = elided = False
 
     def close() -> None:
         if block:
@@ -195,7 +205,7 @@ def _parse_ipset_list(text: str, source: str) -> dict[str, IpSet]:
             try:
                 out[block["Name"]] = _build(block["Name"], block["Type"],
                                             block.get("Header", ""), members,
-                                            int(count) if count.isdigit() else None)
+                                            int(count) if count.isdigit() else None, elided)
             except ClusterIPError as e:
                 raise ClusterIPError(f"{where}: {e}") from None
 
@@ -204,17 +214,19 @@ def _parse_ipset_list(text: str, source: str) -> dict[str, IpSet]:
         key, colon, value = line.partition(":")
         if line.startswith("Name: "):
             close()
-            block, members, in_members = {"Name": line[6:].strip()}, [], False
+            block, members, in_members, elided = {"Name": line[6:].strip()}, [], False, False
         elif not line.strip():
             continue
         elif line == "Members:" and block:
             in_members = True
         elif colon and key in _LIST_KEYS and block and not in_members:
             block[key] = value.strip()
+        elif in_members and is_elision(line):
+            elided = True
         elif in_members:
             members.append(line.strip())
         else:
-            raise ClusterIPError(f"{where}:{lineno}: not ipset list output: {shown(raw)}; run "
+            raise ClusterIPError(f"{where}:{lineno}: not ipset list output: {shorten(raw)!r}; run "
                                  "`ipset list` (or `ipset save`) on the node")
     close()
     return out

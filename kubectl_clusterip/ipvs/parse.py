@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from kubectl_clusterip.model import ClusterIPError, family_of, join_host_port
-from kubectl_clusterip.nftables.boundary import shown
+from kubectl_clusterip.paste import is_elision, shorten
 from kubectl_clusterip.portnames import port_number
 
 FORWARD_NAMES = {"masq": "masq", "route": "route", "tunnel": "tunnel", "local": "local",
@@ -90,6 +90,7 @@ class IpvsTable:
 
     services: list[VirtualService] = field(default_factory=list)
     source: str = ""
+    notes: list[str] = field(default_factory=list)  # what an elided paste lacks
     _index: dict[tuple[str, str, int], VirtualService] | None = field(default=None, repr=False)
 
     def lookup(self, protocol: str, ip: str, port: int) -> VirtualService | None:
@@ -126,7 +127,7 @@ def split_address(value: str, where: str = "", protocol: str = "tcp") -> tuple[s
     try:
         ip = ipaddress.ip_address(host).compressed
     except ValueError:
-        raise ClusterIPError(f"{where}{_host_problem(host)}: {shown(value)}; run `ipvsadm -Ln` "
+        raise ClusterIPError(f"{where}{_host_problem(host)}: {shorten(value)!r}; run `ipvsadm -Ln` "
                              "(numeric output)") from None
     if port_text is None:
         return ip, 0
@@ -134,7 +135,7 @@ def split_address(value: str, where: str = "", protocol: str = "tcp") -> tuple[s
     if port is None:
         what = "port out of range (0-65535)" if port_text.isascii() and \
             port_text.isdigit() else f"unknown {protocol} service name"
-        raise ClusterIPError(f"{where}{what}: {shown(value)}; run `ipvsadm -Ln` (numeric "
+        raise ClusterIPError(f"{where}{what}: {shorten(value)!r}; run `ipvsadm -Ln` (numeric "
                              "output)")
     return ip, port
 
@@ -148,13 +149,13 @@ def _host_problem(host: str) -> str:
 def _number(text: str | None, what: str, limit: int, where: str) -> int:
     """A decimal the tools print (ASCII digits only), within 0..limit."""
     if text is None or not (text.isascii() and text.isdigit()) or int(text) > limit:
-        raise ClusterIPError(f"{where}bad {what} (0-{limit}): {shown(text or '')}")
+        raise ClusterIPError(f"{where}bad {what} (0-{limit}): {shorten(text or '')!r}")
     return int(text)
 
 
 def _scheduler(name: str | None, where: str) -> str:
     if name not in SCHEDULERS:
-        raise ClusterIPError(f"{where}unknown IPVS scheduler {shown(name or '')} (known: "
+        raise ClusterIPError(f"{where}unknown IPVS scheduler {shorten(name or '')!r} (known: "
                              f"{', '.join(sorted(SCHEDULERS))})")
     return name
 
@@ -185,18 +186,24 @@ def _parse_save(text: str, source: str) -> IpvsTable:
     where = source or "dump"
     services: dict[str, dict] = {}
     order: list[str] = []
+    notes: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if is_elision(line):
+            notes.append(f"line {lineno} elides lines: the virtual services and real servers "
+                         "there are not known (a service's odds may be off)")
+            continue
         tokens = line.split()
         cmd = tokens[0]
         if cmd not in ("-A", "-a", "--add-service", "--add-server"):
-            raise ClusterIPError(f"{where}:{lineno}: not ipvsadm-save output: {raw[:60]!r}")
+            raise ClusterIPError(f"{where}:{lineno}: not ipvsadm-save output: {shorten(line)!r}; "
+                                 "run `ipvsadm-save -n` (or `ipvsadm -Ln`) on the node")
         opts = _save_options(tokens[1:], f"{where}:{lineno}: ")
         svc_key = opts.get("service")
         if svc_key is None:
-            raise ClusterIPError(f"{where}:{lineno}: no virtual service in {raw[:60]!r}")
+            raise ClusterIPError(f"{where}:{lineno}: no virtual service in {shorten(line)!r}")
         if cmd in ("-A", "--add-service"):
             if svc_key in services:
                 raise ClusterIPError(f"{where}:{lineno}: virtual service {svc_key} twice")
@@ -207,7 +214,7 @@ def _parse_save(text: str, source: str) -> IpvsTable:
                 raise ClusterIPError(f"{where}:{lineno}: real server for unknown virtual "
                                      f"service {svc_key}")
             if "server" not in opts:
-                raise ClusterIPError(f"{where}:{lineno}: -a without -r: {raw[:60]!r}")
+                raise ClusterIPError(f"{where}:{lineno}: -a without -r: {shorten(line)!r}")
             ip, port = opts["server"]
             vport = services[svc_key]["opts"]["address"][1]
             services[svc_key]["rs"].append(RealServer(
@@ -223,7 +230,7 @@ def _parse_save(text: str, source: str) -> IpvsTable:
             o.get("scheduler", "wlc"), o.get("persistent"), o.get("netmask"),
             tuple(o.get("sched_flags", ())), bool(o.get("ops")), o.get("pe"),
             o.get("fwmark"), 6 if o.get("ipv6") else 4, tuple(s["rs"]), s["line"]))
-    return IpvsTable(out, source)
+    return IpvsTable(out, source, notes)
 
 
 def _save_options(tokens: list[str], where: str) -> dict:
@@ -295,6 +302,8 @@ def _parse_list(text: str, source: str) -> IpvsTable:
     services: list[VirtualService] = []
     current: dict | None = None
 
+    notes: list[str] = []
+
     def close() -> None:
         if current is not None:
             services.append(VirtualService(**current))
@@ -304,6 +313,12 @@ def _parse_list(text: str, source: str) -> IpvsTable:
             continue
         s = raw.strip()
         if s.startswith("IP Virtual Server"):
+            continue
+        if is_elision(s):
+            after = f" after {current['protocol'].upper()} {current['ip']}:{current['port']}" \
+                if current else ""
+            notes.append(f"line {lineno} elides lines{after}: the virtual services and real "
+                         "servers there are not known (a service's odds may be off)")
             continue
         if s.startswith("Prot LocalAddress:Port"):
             if "Scheduler" not in s:
@@ -333,7 +348,8 @@ def _parse_list(text: str, source: str) -> IpvsTable:
         m = _LIST_SERVICE.match(raw)
         fm = _LIST_FWMARK.match(raw) if m is None else None
         if m is None and fm is None:
-            raise ClusterIPError(f"{where}:{lineno}: not ipvsadm -Ln output: {raw[:60]!r}")
+            raise ClusterIPError(f"{where}:{lineno}: not ipvsadm -Ln output: {shorten(s)!r}; "
+                                 "run `ipvsadm -Ln` on the node and give all of its output")
         close()
         if m is not None:
             at = f"{where}:{lineno}: "
@@ -353,7 +369,7 @@ def _parse_list(text: str, source: str) -> IpvsTable:
         current["real_servers"] = ()
         current["line"] = s
     close()
-    return IpvsTable(services, source)
+    return IpvsTable(services, source, notes)
 
 
 def _list_flags(rest: str, where: str) -> dict:

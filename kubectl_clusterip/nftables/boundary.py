@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from kubectl_clusterip.model import ClusterIPError
+from kubectl_clusterip.paste import shorten
 
 MAX_DEPTH = 32  # nft itself nests a few levels; deeper is not a dump nft printed
 U32 = 0xFFFFFFFF
@@ -49,8 +50,7 @@ def shown(value: Any, limit: int = 80) -> str:
         text = value if isinstance(value, str) else json.dumps(value)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
-    text = repr(text) if isinstance(value, str) else text
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return repr(shorten(text, limit)) if isinstance(value, str) else shorten(text, limit)
 
 
 # --------------------------------------------------------------------------- rules

@@ -98,6 +98,7 @@ class NftablesDataplane:
         trace = assemble(packet, self.mode, paths, name, step)
         _explain_no_endpoints(trace, step, paths)
         _masquerade_evidence(trace)
+        _paste_notes(trace, self.ruleset, self.source)
         return trace
 
     def service_ips(self) -> frozenset[str]:
@@ -291,6 +292,20 @@ def _masquerade_evidence(trace: Trace) -> None:
         for f in trace.findings:
             if f.code == "Hairpin" and f.evidence == (old or ""):
                 f.evidence = step.rule
+
+
+def _paste_notes(trace: Trace, rs: Ruleset, source: str) -> None:
+    """What a cut or elided paste lacks, one finding each; with no rule found, the missing
+    part may hold it, so "no rule captures" would claim more than the paste shows."""
+    if not rs.notes:
+        return
+    if trace.verdict == "no-match":
+        trace.findings = [f for f in trace.findings if f.code != "NoServiceRule"]
+    trace.findings.extend(
+        finding("PasteAssumption", f"{source or 'the nft listing'}: {note}; the trace follows "
+                "the complete part only", "", "run `nft list ruleset` on the node and give "
+                "all of its output")
+        for note in rs.notes)
 
 
 def _masquerade_exemption(expr: list) -> str | None:

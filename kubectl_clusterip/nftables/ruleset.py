@@ -30,6 +30,7 @@ from kubectl_clusterip.nftables.rule_text import (
     parse_rule_text,
 )
 from kubectl_clusterip.nftables.values import canon_ip, norm_key, value_matches
+from kubectl_clusterip.paste import is_elision
 
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
               "srcnat": 100}
@@ -58,6 +59,7 @@ class NftSet:
     timeout: int | None = None
     comment: str | None = None
     where: str = ""  # the dump and where in it, for errors
+    incomplete: bool = False  # elements were cut from the paste: a miss proves nothing
     _raw: Any = field(default=None, repr=False)  # JSON "elem" list or the text between braces
     _elements: list[Element] | None = field(default=None, repr=False)
     _exact: dict | None = field(default=None, repr=False)
@@ -258,7 +260,8 @@ class Chain:
             for k, line in enumerate(src[s:e].splitlines()):
                 line = line.strip()
                 if not line or line == "}" or line.startswith(("type ", "comment ", "policy ",
-                                                               "#")):
+                                                               "#")) or (
+                        line[0] in ".…[<" and is_elision(line)):
                     continue
                 handle = None
                 # A handle follows the line's last "#": match there, not at every position.
@@ -315,6 +318,7 @@ class Ruleset:
     source: str = ""
     nft_version: str | None = None
     input_format: str = "json"  # json | text
+    notes: list[str] = field(default_factory=list)  # what a cut or elided paste lacks
 
     def table(self, family: str, name: str) -> Table | None:
         return self.tables.get((family, name))

@@ -15,6 +15,7 @@ from kubectl_clusterip.nftables.ruleset import (
     gc_paused,
 )
 from kubectl_clusterip.nftables.values import parse_duration
+from kubectl_clusterip.paste import first_line, is_elision, shorten
 
 # Every object header ends its line with `{` (maybe `{ # handle N`); rule lines never do.
 _TEXT_OPEN = re.compile(r" \{(?:[ \t]*#[ \t]*handle[ \t]+\d+)?[ \t]*$", re.M)
@@ -35,6 +36,7 @@ def parse_text(text: str, source: str = "") -> Ruleset:
 
 
 def _parse_text(text: str, source: str) -> Ruleset:
+    where = source or "nft ruleset"
     rs = Ruleset(source=source, input_format="text")
     headers = []
     for m in _TEXT_OPEN.finditer(text):
@@ -44,10 +46,16 @@ def _parse_text(text: str, source: str) -> Ruleset:
             headers.append((h, m.end() + 1))
     if not headers:
         if text.strip():
-            raise ClusterIPError(f"{source or 'nft ruleset'}: no 'table FAMILY NAME {{' line")
+            n, seen = first_line(text)
+            raise ClusterIPError(f"{where}:{n}: not an nft listing (no 'table FAMILY NAME {{' "
+                                 f"line), saw {seen!r}; run `nft list ruleset` on the node")
         return rs
-    if text.count("{") != text.count("}"):
-        raise ClusterIPError(f"{source or 'nft ruleset'}: unbalanced braces (truncated dump?)")
+    opens, closes = text.count("{"), text.count("}")
+    if closes > opens:
+        raise ClusterIPError(f"{where}: {closes - opens} more '}}' than '{{': not one nft "
+                             "listing; run `nft list ruleset` and give all of its output")
+    elided = [(text.count("\n", 0, m.start()) + 1, m.start())
+              for m in _ELISION_CANDIDATE.finditer(text) if is_elision(m.group())]
     table: Table | None = None
     line, counted = 1, 0  # line numbers for the few objects whose errors name one
     ends = [h.start() for h, _ in headers[1:]] + [len(text)]
@@ -55,19 +63,31 @@ def _parse_text(text: str, source: str) -> Ruleset:
         is_table, family, kind, name, handle = m.groups()
         if name[0] == '"':
             name = unquote(name)
+        cut = opens > closes and end == len(text)  # the paste stops in this object
+        gaps = [n for n, at in elided if body_start <= at < end]
         if is_table:
             table = rs._table(family, name)
             table.handle = int(handle) if handle else None
             _table_lines(table, text[body_start:end])
+            if cut:
+                rs.notes.append(f"the listing stops after table {family} {name}'s header "
+                                f"(line {_lines(text)}): its chains and sets are missing")
             continue
         if table is None:
-            raise ClusterIPError(f"{source or 'nft ruleset'}: {kind} {name} outside a table")
+            raise ClusterIPError(f"{where}: {kind} {name} outside a table; run "
+                                 "`nft list ruleset` on the node")
+        what = f"{table.family} {table.name} {kind} {name}"
+        for n in gaps:
+            rs.notes.append(f"line {n} of the paste elides lines of {what}: what they held "
+                            "is not known")
+        if cut:
+            end = _cut(rs, text, body_start, kind, what)
         if kind == "chain":
             ch = table.chains.get(name)
             if ch is None:
                 ch = table.chains[name] = Chain(table.family, table.name, name, source=source)
             ch.handle = int(handle) if handle else None
-            if text[body_start:body_start + 12].lstrip().startswith(("type ", "comment ")):
+            if _CHAIN_HEAD.match(text, body_start, end):  # any indent: tabs, spaces
                 _chain_header(ch, text, (body_start, end))
             ch._src, ch._rules = text, None
             ch._spans.append((body_start, end, -1))
@@ -75,10 +95,50 @@ def _parse_text(text: str, source: str) -> Ruleset:
             line += text.count("\n", counted, m.start())
             counted = m.start()
             st = NftSet(table.family, table.name, name, map_type="" if kind == "map" else None,
-                        where=f"{source or 'nft ruleset'} line {line}: {kind} {name}")
-            _set_body(st, text[body_start:end])
+                        where=f"{where} line {line}: {kind} {name}")
+            body = text[body_start:end]
+            if gaps:
+                body = "\n".join("" if is_elision(ln) else ln for ln in body.split("\n"))
+            _set_body(st, body + ("}" if cut and "elements = " in body else ""))
+            st.incomplete = bool(gaps) or (cut and "elements = " in body)
             table.sets[name] = st
     return rs
+
+
+_CHAIN_HEAD = re.compile(r"\s*(?:type|comment)\s")
+_ELISION_CANDIDATE = re.compile(r"^[ \t]*[.…\[<][^\n]*$", re.M)
+
+
+def _lines(text: str) -> int:
+    return text.count("\n") + (not text.endswith("\n"))
+
+
+def _cut(rs: Ruleset, text: str, start: int, kind: str, what: str) -> int:
+    """Where the last, unclosed object's complete part ends, and a note on what is lost.
+
+    A chain keeps its rules up to the line before the last one (the cut may have taken the
+    end of that line and changed its meaning); a set keeps the elements before the last
+    comma. Everything the listing would have printed after the cut is missing.
+    """
+    body = text[start:]
+    last = _lines(text)
+    if body.count("}") > body.count("{"):  # the object itself is complete
+        rs.notes.append(f"the listing stops after {what} (line {last}): whatever followed "
+                        "it is missing")
+        return len(text)
+    if kind in ("set", "map"):
+        comma = text.rfind(",")
+        end = comma + 1 if comma >= start else len(text)
+        rs.notes.append(f"the listing stops inside {what}'s elements (line {last}): the "
+                        "elements after the last complete one are missing")
+        return end
+    stripped = text.rstrip()
+    end = stripped.rfind("\n") + 1 if stripped.rfind("\n") >= start else start
+    dropped = stripped[end:].strip()
+    rs.notes.append(f"the listing stops inside {what} (line {last}): its last line "
+                    f"{shorten(dropped)!r} may be cut short and was not read; the rest of "
+                    "the chain and everything after it is missing")
+    return end
 
 
 def _table_lines(table: Table, chunk: str) -> None:

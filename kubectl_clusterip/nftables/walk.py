@@ -17,7 +17,7 @@ from typing import Any
 
 from kubectl_clusterip.branch import Branch, canonical, in_cidr
 from kubectl_clusterip.model import ClusterIPError, Node, Packet, Path, Step, join_host_port
-from kubectl_clusterip.nftables.ruleset import Chain, Rule, Table
+from kubectl_clusterip.nftables.ruleset import Chain, NftSet, Rule, Table
 from kubectl_clusterip.nftables.values import value_matches
 
 MAX_RULES_PER_WALK = 200_000
@@ -288,9 +288,10 @@ class Walker:
                                    f"{rule.text}")
             yield self._done(rule, st, effects), None
             return
-        hits, miss, n, notes = found
-        for why in notes:
-            st = st.note(f"{self.label} {rule.chain}: {why}")
+        hits, miss, n, unknown = found
+        for why in unknown:
+            st = _undecide(st, f"{self.label} {rule.chain}: {why}; assumed no match: "
+                               f"{rule.text}")
         groups: dict[str, tuple[int, Any, str]] = {}
         for count, verdict, comment in hits:
             text = _verdict_text(verdict)
@@ -361,7 +362,8 @@ class Walker:
                 count = _covered(k, lo, lo + n - 1)
                 if count:
                     hits.append((count, value, comment))
-            return hits, n - sum(c for c, _, _ in hits), n, []
+            cut = _cut_short(self.table.sets[data[1:]]) if isinstance(data, str) else None
+            return hits, n - sum(c for c, _, _ in hits), n, [str(cut)] if cut else []
         v = self._value(key, st)
         if isinstance(v, (_Undecided, _Absent)):
             return v
@@ -412,7 +414,9 @@ class Walker:
             return True
         if s is None:
             return _Undecided(f"set @{name} is not in the dump")
-        return s.lookup(value) is not None
+        if s.lookup(value) is not None:
+            return True
+        return _cut_short(s) or False
 
     def _map_lookup(self, data: Any, key: Any) -> tuple[Any, str | None] | _Undecided | None:
         """(data, element comment) for a key in a named (`@name`) or anonymous map, or None."""
@@ -421,7 +425,7 @@ class Walker:
             if s is None:
                 return _Undecided(f"map {data} is not in the dump")
             e = s.lookup(key)
-            return None if e is None else (e.value, e.comment)
+            return (e.value, e.comment) if e is not None else _cut_short(s)
         for k, value in data["set"]:
             comment = None
             if isinstance(k, dict) and "elem" in k:
@@ -542,6 +546,14 @@ def _undecide(st: Branch, why: str) -> Branch:
 
 def _rule_text(rule: Rule) -> str:
     return rule.text + (f" # handle {rule.handle}" if rule.handle is not None else "")
+
+
+def _cut_short(s: NftSet) -> _Undecided | None:
+    """A miss in a set the paste shows only part of proves nothing."""
+    if not s.incomplete:
+        return None
+    return _Undecided(f"{s.kind} {s.name} is cut short in the paste: the key may be among "
+                      "its missing elements")
 
 
 def _covered(key: Any, lo: int, hi: int) -> int:
