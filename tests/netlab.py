@@ -43,6 +43,7 @@ API (all rule/state helpers act on namespace `node` unless node=... is given)::
         lab.add_node("node2")                   # -> Node: 172.18.0.4, pods 10.244.2.0/24
         lab.add_pod("a", "10.244.1.5", ipv6=True, node="node")   # -> Pod (ipv6=True derives
                                                 # fd00:10:244:1::5; ip=None picks the next free)
+        lab.add_bridge_pod("p", "10.244.1.5", node="node")  # on bridge cni0 (/24), not ptp
         lab.add_external("ext", "172.18.0.3", ipv6=True, via="node")  # -> External
         lab.ns("a")                             # real namespace name "kc-<pid>-a"
         lab.ip_of("a", 6)                       # address of a pod / node (uplink) / external
@@ -787,6 +788,29 @@ class Lab:
                       f"route add ::/0 via fe80::1 dev eth0 src {ipv6}"]
         self._ip(name, *lines)
         pod = Pod(name=name, ns=real, node=node, ip=ip, ipv6=ipv6, iface=iface)
+        self.pods[name] = pod
+        return pod
+
+    def add_bridge_pod(self, name: str, ip: str, node: str = "node",
+                       bridge: str = "cni0") -> Pod:
+        """A pod on the node's Linux bridge, as the `bridge` CNI plugin (flannel, kubenet)
+        makes it: eth0 with ip/24 in the node's pod CIDR, default via the bridge's address
+        10.244.N.1/24. Pods of one bridge reach each other at layer 2, so a reply between
+        them is bridged, not routed (br_netfilter decides whether iptables sees it). Do not
+        mix with add_pod on the same node (ptp veths carry the same gateway address)."""
+        self._check()
+        n = self.nodes[node]
+        ipaddress.IPv4Address(ip)
+        if self.run_proc(node, "ip", "link", "show", bridge, check=False).returncode != 0:
+            self._ip(node, f"link add {bridge} type bridge", f"addr add {n.gateway}/24 dev "
+                     f"{bridge}", f"link set {bridge} up")
+        iface = self._next_ifname("veth")
+        real = self._create_ns(name, self._base_sysctls())
+        self._ip(node, f"link add {iface} type veth peer name eth0 netns {real}",
+                 f"link set {iface} master {bridge}", f"link set {iface} up")
+        self._ip(name, f"addr add {ip}/24 dev eth0", "link set eth0 up",
+                 f"route add default via {n.gateway} dev eth0 src {ip}")
+        pod = Pod(name=name, ns=real, node=node, ip=ip, ipv6=None, iface=iface)
         self.pods[name] = pod
         return pod
 
