@@ -148,3 +148,13 @@ def test_directory_and_missing_file():
         read_text(str(ROOT))
     with pytest.raises(ClusterIPError, match="no such file"):
         read_text(str(ROOT / "nonexistent"))
+
+
+def test_completion_over_a_snapshot_with_a_fifo_offers_nothing(snapshot):
+    from kubectl_clusterip.completion.sources import SnapshotSource
+    (snapshot / "objects.yaml").unlink()
+    os.mkfifo(snapshot / "objects.yaml")
+    (snapshot / "snapshot.yaml").write_text("namespace: [x]\n")
+    src = SnapshotSource(snapshot)
+    assert src.objects == [] and src.namespace == "default"
+    assert src.names("nodes", None) == ["kind-worker"]

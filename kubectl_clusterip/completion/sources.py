@@ -49,18 +49,25 @@ class SnapshotSource(Source):
     """A snapshot directory: objects.yaml, and nodes/<node>/ for the nodes --node can name."""
 
     def __init__(self, root: Path) -> None:
-        import yaml
+        """Read as `--snapshot` reads (bounded, checked); a broken snapshot offers nothing."""
+        from kubectl_clusterip.model import ClusterIPError
+        from kubectl_clusterip.reads import load_yaml, read_text
+        from kubectl_clusterip.schema import check_meta, check_objects
 
         self.root = root
+        self.objects: list[dict] = []
         try:
-            doc = yaml.safe_load((root / "objects.yaml").read_text()) or {}
-        except OSError:
-            doc = {}
-        self.objects = [o for o in doc.get("items") or [] if isinstance(o, dict)]
+            doc = load_yaml(read_text(str(root / "objects.yaml")), "objects.yaml") or {}
+            objects = doc.get("items") or [] if isinstance(doc, dict) else []
+            check_objects(objects, "objects.yaml")
+            self.objects = objects
+        except ClusterIPError:
+            pass
         try:
-            meta = yaml.safe_load((root / "snapshot.yaml").read_text()) or {}
+            meta = load_yaml(read_text(str(root / "snapshot.yaml")), "snapshot.yaml") or {}
+            check_meta(meta, "snapshot.yaml")
             self.namespace = meta.get("namespace") or "default"
-        except (OSError, AttributeError):
+        except ClusterIPError:
             pass
 
     def _of(self, kind: str, namespace: str | None) -> list[dict]:
