@@ -141,8 +141,6 @@ def _go_duration(s: str) -> float | None:
 
 def sync_period(cl: Cluster, mode: str) -> tuple[float, str]:
     """kube-proxy's syncPeriod for the mode (seconds) and where it came from."""
-    import yaml  # only when there is a healthz to judge: the -o json trace stays yaml-free
-
     cm = cl.snap.get("ConfigMap", "kube-system", "kube-proxy")
     conf = ((cm or {}).get("data") or {}).get("config.conf") or ""
     doc = {}
