@@ -41,7 +41,8 @@ class Row:
 
     @property
     def differs(self) -> bool:
-        return self.verdict != "ok"
+        """Broken, or not read: a node to look at (one this tool cannot follow is not)."""
+        return self.verdict in ("broken", "failed")
 
     def to_dict(self) -> dict:
         return {"node": self.node, "proxyMode": self.mode or None, "verdict": self.verdict,
@@ -71,7 +72,8 @@ def node_row(node: str, traces: list[Trace]) -> Row:
     return Row(node, verdict, ",".join(sorted({t.proxy_mode for t in traces})),
                sum(len(p["programmed"]) for p in ports),
                sum(len(p["expected"]) for p in ports if p["expected"] is not None),
-               ports, drift, facts, errors[0].code if errors else "")
+               ports, drift, facts, errors[0].code if errors else
+               "KubeProxyReplaced" if verdict == "not traced" else "")
 
 
 def _port(t: Trace) -> dict:
@@ -102,7 +104,9 @@ def summary(rows: list[Row]) -> str:
     """`3 of 40 nodes differ: n1 (StaleEndpointRules), …` or `all 40 nodes agree: ok`."""
     odd = [r for r in rows if r.differs]
     if not odd:
-        return f"all {len(rows)} nodes agree: ok"
+        kinds = sorted({r.verdict if r.verdict == "ok" else f"{r.verdict} ({_why(r)})"
+                        for r in rows})
+        return f"all {len(rows)} nodes agree: {'; '.join(kinds)}"
     if len(odd) == len(rows) and len({_why(r) for r in rows}) == 1:
         return f"all {len(rows)} nodes {rows[0].verdict}: {_why(rows[0])}"
     named = ", ".join(f"{r.node} ({_why(r)})" for r in odd[:SHOWN])

@@ -90,7 +90,7 @@ def test_table_and_summary(cluster, tmp_path):
 
 def test_nodes_selector_and_all_healthy_exit_0(cluster, tmp_path):
     populate(cluster, 4, set(), {})
-    r = run(tmp_path, "trace", "web", "--nodes", "kubernetes.io/hostname=node-001")
+    r = run(tmp_path, "trace", "web", "--nodes", "kubernetes.io/hostname=node-001", "-q")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "all 1 nodes agree: ok"
     assert [c["spec"]["nodeName"] for c in cluster.created] == ["node-001"]

@@ -37,6 +37,14 @@ def test_warnings_alone_keep_a_node_ok():
     assert row.verdict == "ok" and not row.differs and row.facts
 
 
+def test_a_node_this_tool_cannot_follow_is_said_not_counted():
+    t = trace([], [], "KubeProxyReplaced")
+    t.verdict = "no-match"
+    row = fleet.node_row("n1", [t])
+    assert row.verdict == "not traced" and not row.differs
+    assert fleet.summary([row]) == "all 1 nodes agree: not traced (KubeProxyReplaced)"
+
+
 def test_summaries():
     ok = fleet.node_row("a", [trace(["10.0.0.1"], ["10.0.0.1"])])
     bad = fleet.node_row("b", [trace([], ["10.0.0.1"], "IpForwardDisabled")])
