@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
 from kubectl_clusterip import __version__
-from kubectl_clusterip.cluster import DEFAULT_IMAGE, debugpod
+from kubectl_clusterip.cluster import DEFAULT_IMAGE, ciliumagent, debugpod
 from kubectl_clusterip.cluster import dns as dnsmod
 from kubectl_clusterip.cluster.api import Api, Forbidden
 from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags, load
@@ -182,6 +182,8 @@ class Gathered:
     dns_pods: list[dict]
     configmap: dict | None
     client_pod: dict | None
+    cilium_agents: list[dict] = field(default_factory=list)
+    cilium_config: dict | None = None
 
     @property
     def mode(self) -> str:
@@ -262,12 +264,18 @@ def gather(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
                    lambda: api.get("ConfigMap", "kube-proxy", "kube-system"), progress)
     if cm:
         objects.append(cm)
+    cilium_agents = [p for p in system if ciliumagent.is_agent(p)]
+    cilium_cm = _optional("the cilium-config ConfigMap", lambda: api.get(
+        "ConfigMap", "cilium-config", "kube-system"), progress) if cilium_agents else None
+    if cilium_cm:
+        objects.append(cilium_cm)
     objects += _optional("kube-system DaemonSets (the CNI)",
                          lambda: api.list("DaemonSet", "kube-system"), progress) or []
     path_ns = {"kube-system"} | ({ns} if svc else set()) | (
         {client_pod["metadata"]["namespace"]} if client_pod else set())
     objects += network_policy_objects(api, path_ns, meta, progress)
-    return Gathered(api, meta, objects, svc, slices, nodes, proxies, dns_pods, cm, client_pod)
+    return Gathered(api, meta, objects, svc, slices, nodes, proxies, dns_pods, cm, client_pod,
+                    cilium_agents, cilium_cm)
 
 
 def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
@@ -307,6 +315,7 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
         if failed != "proxy-mode" and failed.split("-")[0] not in ("iptables", "ip6tables",
                                                                    "kube"):  # kube-proxy-*
             progress(f"warning: on {node}, {failed}: {err}")
+    files.update(cilium_files(g, opts, node, progress))
 
     # -- DNS: as the client would ask ------------------------------------------------------
     if opts.dns and svc:
@@ -317,6 +326,27 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
             meta["dnsNotChecked"] = str(e)
     return Snapshot(meta, objects, {node: NodeDumps(node, files)},
                     f"context {kc.context}")
+
+
+def cilium_files(g: Gathered, opts: LiveOptions, node: str,
+                 progress: Progress) -> dict[str, str]:
+    """Where Cilium replaces kube-proxy on the node: its agent's outputs (by exec)."""
+    agent = ciliumagent.agent_on(g.cilium_agents, node)
+    here = any((p.get("spec") or {}).get("nodeName") == node for p in g.proxies)
+    if agent is None or not ciliumagent.replaces_kube_proxy(g.cilium_config, here):
+        return {}
+    where = f"{agent['metadata']['namespace']}/{_name(agent)}"
+    progress(f"reading Cilium's services by exec into {where}")
+    try:
+        files, info = ciliumagent.read_agent(g.api, agent, opts.conntrack)
+    except ClusterIPError as e:
+        progress(f"warning: Cilium's agent on {node} not read: {e}")
+        g.meta["ciliumAgent"] = {"pod": where, "error": str(e)}
+        return {}
+    g.meta["ciliumAgent"] = info
+    for failed, err in (info.get("errors") or {}).items():
+        progress(f"warning: on {node}, {failed}: {err}")
+    return files
 
 
 def dump_files(node: str, log: str, image: str) -> tuple[dict[str, str], dict]:

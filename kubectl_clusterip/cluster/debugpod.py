@@ -30,7 +30,8 @@ MARK = "==== kubectl-clusterip"
 # The script the pod (or kube-proxy exec) runs: POSIX sh, every command in its own section.
 # MODE (iptables|ipvs|nftables, or empty when unsure) picks the commands; CT_ARGS, when set,
 # asks conntrack for the service IP's entries.
-SCRIPT = r"""
+# `run FILE CMD…` prints CMD's output as section FILE (parse_log reads it back).
+RUN_SECTION = r"""
 M='==== kubectl-clusterip'
 T=${TMPDIR:-/tmp}
 run() {
@@ -43,6 +44,8 @@ run() {
     echo "$M STDERR $f ===="; head -c 2000 "$T/kc.err"; echo; echo "$M END-STDERR $f ===="
   fi
 }
+"""
+SCRIPT = RUN_SECTION + r"""
 iptables_both() {
   run iptables-legacy-save iptables-legacy-save
   run iptables-nft-save iptables-nft-save
@@ -211,15 +214,21 @@ def checked_log(final: dict, log: str, what: str) -> str:
 
 
 def exec_script(api: Api, pod: dict, mode: str, conntrack_args: str) -> str:
-    """--via kube-proxy: run the dump script inside the node's kube-proxy pod (no new pod).
+    """--via kube-proxy: run the dump script inside the node's kube-proxy pod (no new pod)."""
+    command = ["sh", "-c", f"MODE='{mode}' CT_ARGS='{conntrack_args}'\n{SCRIPT}"]
+    return exec_in_pod(api, pod, pod["spec"]["containers"][0]["name"], command,
+                       "omit --via to use a debug pod")
+
+
+def exec_in_pod(api: Api, pod: dict, container: str, command: list[str], hint: str) -> str:
+    """Run a command in a pod's container over the exec websocket; its stdout.
 
     Stdout alone is the log (stderr would interleave with the sections); the error
-    channel's v1 Status says whether the command ran to a zero exit."""
+    channel's v1 Status says whether the command ran to a zero exit. Every failure is one
+    ClusterIPError ending with `hint`."""
     from kubernetes.stream import stream
 
     name, ns = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    container = pod["spec"]["containers"][0]["name"]
-    command = ["sh", "-c", f"MODE='{mode}' CT_ARGS='{conntrack_args}'\n{SCRIPT}"]
     timeout = api.kc.timeout or 120
     api.calls += 1
     try:
@@ -231,27 +240,25 @@ def exec_script(api: Api, pod: dict, mode: str, conntrack_args: str) -> str:
         if refused is not None:
             raise refused from None
         why = str(getattr(e, "reason", None) or e).strip().splitlines()[0]
-        raise ClusterIPError(f"exec into {ns}/{name} failed: {why}; "
-                             "omit --via to use a debug pod") from None
+        raise ClusterIPError(f"exec into {ns}/{name} failed: {why}; {hint}") from None
     try:
         ws.run_forever(timeout=timeout)
         if ws.is_open():
             raise ClusterIPError(f"exec into {ns}/{name} still running after {timeout:g}s; "
-                                 "omit --via to use a debug pod")
+                                 f"{hint}")
         out, err = ws.read_stdout(), ws.read_stderr()
         failed = _exec_failure(ws.read_channel(3))
     except ClusterIPError:
         raise
     except Exception as e:  # the connection dropped mid-stream: websocket-client's errors
         raise ClusterIPError(f"exec into {ns}/{name} failed: {str(e) or type(e).__name__}; "
-                             "omit --via to use a debug pod") from None
+                             f"{hint}") from None
     finally:
         ws.close(timeout=1)  # a hung peer does not get websocket-client's 3 s for its close
     if failed:
         last = err.strip().splitlines()[-1:] if isinstance(err, str) else []
         raise ClusterIPError(f"exec into {ns}/{name} failed: {failed}"
-                             + (f" ({last[0]})" if last else "")
-                             + "; omit --via to use a debug pod")
+                             + (f" ({last[0]})" if last else "") + f"; {hint}")
     return str(out)
 
 

@@ -78,11 +78,14 @@ def no_kube_proxy(cl: Cluster) -> Finding:
             evidence.append("CILIUM_* chains in the dump")
         if kpr:
             evidence.append(f"cilium-config kube-proxy-replacement: {kpr}")
+        agent = cl.snap.meta.get("ciliumAgent") or {}
+        if agent.get("error"):
+            evidence.append(f"Cilium's agent not read: {agent['error']}")
         if kp is None or kpr in ("true", "strict"):
             return finding(
                 "KubeProxyReplaced",
                 "Cilium's kube-proxy replacement handles Services on this node in eBPF and "
-                "the snapshot holds none of its agent's outputs to trace it with",
+                "none of its agent's outputs were read to trace it with",
                 "; ".join(evidence),
                 f"capture again (live capture execs into the node's cilium agent; needs "
                 f"pods/exec), or save `kubectl -n kube-system exec <cilium pod on {cl.node}> "
