@@ -125,7 +125,7 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
 
     summary_line, dns_found = dns(snap.meta, trace, svc)
     extra["dnsSummary"] = summary_line
-    if isinstance(snap.meta.get("dns"), dict):
+    if snap.meta.get("dns") is not None:
         extra["dns"] = snap.meta["dns"]
     found += dns_found
     cd = coredns(cl)

@@ -40,29 +40,28 @@ def _domain(search: list[str]) -> str:
 
 def dns(meta: dict, trace: Trace, svc: dict | None) -> tuple[str, list[Finding]]:
     """The DNS step from the snapshot's lookup: a one-line summary and any findings."""
-    d = meta.get("dns")
-    if not isinstance(d, dict):
+    d = meta.get("dns")  # types checked where the Snapshot was made (schema.META)
+    if d is None:
         why = meta.get("dnsNotChecked") or "no DNS lookup in the snapshot"
         return f"not checked ({why})", []
     looked_up = meta.get("service")
-    if svc is not None and isinstance(looked_up, str) and looked_up \
-            and looked_up.split(":", 1)[0] != ns_name(svc):
+    if svc is not None and looked_up and looked_up.split(":", 1)[0] != ns_name(svc):
         return f"not checked (the snapshot's lookup is for {looked_up})", []
-    query = str(d.get("query") or "")
-    search = [str(s) for s in d.get("searchPath") or []]
-    ndots = int(d.get("ndots") or 5)
+    query = d.get("query") or ""
+    search = d.get("searchPath") or []
+    ndots = d.get("ndots") or 5
     server = d.get("server") or "the cluster DNS"
-    answers = [a for a in d.get("answers") or [] if isinstance(a, dict)]
+    answers = d.get("answers") or []
     want_type = "A" if trace.packet.family == 4 else "AAAA"
     got = [(a, r) for a in answers if a.get("type") == want_type
            and (a.get("rcode") or "NOERROR") == "NOERROR" for r in a.get("records") or []]
     tried = "; ".join(f"{a.get('name')} {a.get('type')} {a.get('rcode') or 'NOERROR'}"
-                      + (f" {','.join(map(str, a.get('records') or []))}" if a.get("records")
+                      + (f" {','.join(a.get('records') or [])}" if a.get("records")
                          else "") for a in answers)
     svc_ns = (metadata(svc).get("namespace") or "default") if svc else None
     svc_name = metadata(svc).get("name") if svc else None
     domain = _domain(search)
-    fqdn = f"{svc_name}.{svc_ns}.svc.{domain}" if svc else str(d.get("fqdn") or query)
+    fqdn = f"{svc_name}.{svc_ns}.svc.{domain}" if svc else d.get("fqdn") or query
     if not got:
         if d.get("error") and not answers:
             return f"{query}: no answer from {server}", [finding(
@@ -90,7 +89,7 @@ def dns(meta: dict, trace: Trace, svc: dict | None) -> tuple[str, list[Finding]]
             "DnsNotResolved", f"{query} does not resolve to an {want_type} record: {why}",
             tried or f"search {' '.join(search)} ndots:{ndots}",
             f"kubectl exec CLIENT_POD -- nslookup {fqdn}")]
-    records = sorted({str(r) for _, r in got})
+    records = sorted({r for _, r in got})
     answered = got[0][0].get("name") or query
     summary_line = f"{query} -> {answered} {want_type} {', '.join(records)} (server {server})"
     if not any(same_ip(r, trace.packet.dst_ip) for r in records):
