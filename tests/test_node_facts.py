@@ -220,3 +220,19 @@ def test_bridge_nf_call_iptables_off_on_a_bridge_cni():
 
 def test_every_node_code_is_documented_and_tested_here():
     assert NODE_CODES <= set(CODES)
+
+
+def test_node_facts_in_the_json_with_rp_filter_of_the_paths_interfaces():
+    text = sysctl(net_ipv4_conf_eth0_rp_filter="1") + \
+        "/proc/sys/net/ipv4/conf/veth4/rp_filter:2\n/proc/sys/net/ipv4/conf/veth9/rp_filter:1\n"
+    t = trace(snap_with({"sysctl.txt": text,
+                         "conntrack-stats.txt": fixture("conntrack-stats-drops.txt"),
+                         "kube-proxy-healthz.json": fixture("kube-proxy-healthz-ok.json")}))
+    facts = t.extra["nodeFacts"]
+    # client 10.244.1.20 via veth4, web-1 via veth3 (no sysctl line: not shown), web-2 via eth0
+    assert facts["rpFilter"] == {"eth0": 1, "veth4": 2}
+    assert facts["conntrack"] == {"count": 14, "max": 262144, "drop": 1, "early_drop": 0,
+                                  "insert_failed": 1}
+    assert facts["ipForward"] == 1 and facts["bridgeNfCallIptables"] == 1
+    assert facts["kubeProxy"]["syncAgeSeconds"] == 0
+    assert "nodeFacts" not in trace(S.load("healthy")).extra

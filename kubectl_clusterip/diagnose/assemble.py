@@ -131,8 +131,10 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
     cd = coredns(cl)
     if cd is not None:
         found.append(cd)
-    fwd, notes = forwarding(cl, trace)
+    fwd, notes, facts = forwarding(cl, trace)
     found += fwd
+    if facts:
+        extra["nodeFacts"] = facts
     if notes:
         extra.setdefault("diagnosisNotes", []).extend(notes)
     return found, extra

@@ -9,9 +9,9 @@ from kubectl_clusterip.diagnose.policy import dns_policy, policy_findings
 from kubectl_clusterip.model import Finding, Trace
 
 
-def forwarding(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str]]:
-    """Findings of the forwarding step (and the DNS policy check), and notes on what could
-    not be checked."""
+def forwarding(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str], dict]:
+    """Findings of the forwarding step (and the DNS policy check), notes on what could not
+    be checked, and the node's facts as data (`nodeFacts` in the JSON)."""
     notes: list[str] = []
     why = cl.snap.meta.get("networkPolicyNotChecked")
     if why:
@@ -20,5 +20,5 @@ def forwarding(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str]]:
     d = dns_policy(cl, trace)
     if d is not None:
         found.append(d)
-    node_found, node_notes = node_findings(cl, trace)
-    return found + node_found, notes + node_notes
+    node_found, node_notes, facts = node_findings(cl, trace)
+    return found + node_found, notes + node_notes, facts

@@ -238,11 +238,53 @@ def _internal_ips(cl: Cluster, node: str) -> set[str]:
             if a.get("type") in ("InternalIP", "ExternalIP")}
 
 
-def node_findings(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str]]:
-    """Every node-state finding for this trace, and notes on what could not be read."""
+def rp_filter(cl: Cluster, facts: NodeFacts, trace: Trace) -> dict[str, int]:
+    """The effective rp_filter (the kernel uses max(conf.all, conf.IFACE)) of the interfaces
+    the path uses on this node: toward the client and toward each endpoint."""
+    if cl.node not in cl.snap.nodes or not facts.sysctls:
+        return {}
+    routes = cl.snap.nodes[cl.node].node().routes
+    devs = {r.dev for ip in (trace.packet.src_ip, *(c.ip for c in trace.candidates))
+            if (r := _covering(routes, ip)) is not None and r.dev}
+    base = facts.sysctl_int("net.ipv4.conf.all.rp_filter") or 0
+    return {d: max(base, v) for d in sorted(devs)
+            if (v := facts.sysctl_int(f"net.ipv4.conf.{d}.rp_filter")) is not None}
+
+
+def summary_of(cl: Cluster, facts: NodeFacts, trace: Trace) -> dict:
+    """The facts as data for the JSON (`nodeFacts`): what was read, judged or not."""
+    out: dict = {}
+    count = facts.sysctl_int("net.netfilter.nf_conntrack_count")
+    limit = facts.sysctl_int("net.netfilter.nf_conntrack_max")
+    if count is not None and limit:
+        out["conntrack"] = {"count": count, "max": limit}
+    if facts.conntrack_stats:
+        out.setdefault("conntrack", {}).update(
+            {k: facts.conntrack_stats.get(k, 0) for k in CONNTRACK_COUNTERS})
+    for key, name in (("net.ipv4.ip_forward", "ipForward"),
+                      ("net.bridge.bridge-nf-call-iptables", "bridgeNfCallIptables")):
+        if key in facts.sysctls:
+            out[name] = facts.sysctl_int(key)
+    rp = rp_filter(cl, facts, trace)
+    if rp:
+        out["rpFilter"] = rp
+    if facts.healthz:
+        h = facts.healthz
+        out["kubeProxy"] = {"lastUpdated": h["lastUpdated"].isoformat(),
+                            "currentTime": h["currentTime"].isoformat(),
+                            "syncAgeSeconds": round((h["currentTime"] - h["lastUpdated"])
+                                                    .total_seconds(), 3)}
+    return out
+
+
+def node_findings(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str], dict]:
+    """Every node-state finding for this trace, notes on what could not be read, and the
+    facts as data."""
     facts, error = facts_of(cl)
     out: list[Finding] = []
+    data: dict = {}
     if facts is not None:
+        data = summary_of(cl, facts, trace)
         for f in (conntrack_fill(facts, cl.node), conntrack_drops(facts, cl.node),
                   forwarding_off(facts, cl.node, trace), bridge_nf_off(cl, facts, trace),
                   kube_proxy_stale(cl, facts, trace)):
@@ -250,4 +292,4 @@ def node_findings(cl: Cluster, trace: Trace) -> tuple[list[Finding], list[str]]:
                 out.append(f)
     if trace.verdict == "dnat":
         out += pod_cidr_routes(cl, trace)
-    return out, [f"node facts not judged: {error}"] if error else []
+    return out, [f"node facts not judged: {error}"] if error else [], data
