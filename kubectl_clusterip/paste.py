@@ -83,7 +83,8 @@ def clean(text: str) -> list[Segment]:
     """The dumps in a paste, in order; one segment when there is one dump."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [ln.rstrip() for ln in text.split("\n")]
-    fenced = any(_FENCE.match(ln) for ln in lines)
+    fenced = ("```" in text or "~~~" in text) and any(
+        ln.lstrip()[:3] in ("```", "~~~") and _FENCE.match(ln) for ln in lines)
     segments: list[Segment] = []
     inside = not fenced  # with fences, only what they enclose is dump; the rest is prose
     body: list[str] = []
@@ -96,6 +97,10 @@ def clean(text: str) -> list[Segment]:
             segments.append(Segment("\n".join(padded), command, start + 1, tuple(elided), raw))
 
     for i, ln in enumerate(lines):
+        first = ln.lstrip()[:1]
+        if first not in _NOISE_START and "@" not in ln:
+            body.append(ln if inside else "")  # the common line: no regex
+            continue
         if fenced and _FENCE.match(ln):
             close()
             body.append("")
@@ -118,6 +123,11 @@ def clean(text: str) -> list[Segment]:
         body.append(ln)
     close()
     return segments or [Segment("", raw=text)]
+
+
+# First characters of the lines that may be noise (prompts, fences, elisions); any other
+# line is dump text unless it holds an `@` (user@host prompts).
+_NOISE_START = frozenset("$#%>/~[`.…<(")
 
 
 def join_wrapped(lines: list[str], starts_record: Callable[[str], bool]) -> list[str]:

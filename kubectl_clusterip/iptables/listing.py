@@ -40,6 +40,60 @@ class ListingError(ClusterIPError):
     pass
 
 
+class ListingLines(dict):
+    """chain -> rule specs, where a chain's `iptables -L` rows become specs the first time the
+    chain is read: a trace reads a few hundred of a node's 200,000 rows, so reading a listing
+    costs about what reading iptables-save does. Keys are known up front; `dict.values(x)`
+    gives the raw rows (for counting)."""
+
+    def __init__(self, columns: dict[str, list[str]], family: int, source: str,
+                 first_line: dict[str, int]):
+        super().__init__()
+        self.columns, self.family, self.source = columns, family, source
+        self.first_line = first_line  # chain -> line number of its first row
+        self._done: set[str] = set()
+
+    def __getitem__(self, chain: str) -> list[str]:
+        rows = dict.__getitem__(self, chain)
+        if chain not in self._done:
+            columns, family = self.columns[chain], self.family
+            converted = []
+            for i, row in enumerate(rows):
+                try:
+                    converted.append(rule_spec(chain, row, columns, family))
+                except ListingError as e:
+                    n = self.first_line.get(chain, 0) + i
+                    raise ClusterIPError(f"{self.source}:{n}: {e}") from None
+            rows[:] = converted
+            self._done.add(chain)
+        return rows
+
+    def get(self, chain, default=None):
+        return self[chain] if chain in self else default
+
+    def setdefault(self, chain, default=None):
+        if chain in self:
+            return self[chain]
+        self[chain] = default
+        return default
+
+    def __setitem__(self, chain, rows) -> None:
+        dict.__setitem__(self, chain, rows)
+        self._done.add(chain)
+
+    def add_row(self, chain: str, row: str) -> None:
+        """A raw row, converted when its chain is first read."""
+        if chain not in self:
+            dict.__setitem__(self, chain, [])
+        dict.__getitem__(self, chain).append(row)
+
+    def values(self):
+        return [self[c] for c in self]
+
+    def items(self):
+        return [(c, self[c]) for c in self]
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

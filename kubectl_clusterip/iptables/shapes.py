@@ -20,8 +20,20 @@ from __future__ import annotations
 import re
 
 from kubectl_clusterip import paste
-from kubectl_clusterip.iptables.listing import CHAIN, ListingError, header_columns, rule_spec
-from kubectl_clusterip.iptables.parse import BUILTIN_CHAINS, Ruleset, Table, parse_iptables_save
+from kubectl_clusterip.iptables.listing import (
+    CHAIN,
+    ListingError,
+    ListingLines,
+    header_columns,
+    rule_spec,
+)
+from kubectl_clusterip.iptables.parse import (
+    BUILTIN_CHAINS,
+    Ruleset,
+    Table,
+    looks_like_iptables,
+    parse_iptables_save,
+)
 from kubectl_clusterip.model import ClusterIPError
 
 _TABLE_FLAG = re.compile(r"(?:^|\s)(?:-t\s*|--table[= ])(\w+)")
@@ -69,28 +81,36 @@ def read_rulesets(dumps: list[tuple[str, str]]) -> list[Ruleset]:
     """One Ruleset per IP family from all of a node's iptables dumps, whatever their shape."""
     parts: list[Ruleset] = []
     for source, text in dumps:
-        try:
-            parts.append(parse_iptables_save(text, source))
-        except ClusterIPError:
-            parts.extend(read_paste(text, source))
+        if looks_like_iptables(text):
+            try:
+                parts.append(parse_iptables_save(text, source))
+                continue
+            except ClusterIPError:
+                pass  # noise around it, or several dumps: read_paste sorts them out
+        parts.extend(read_paste(text, source))
     return [assume_kube_proxy(rs) for rs in merge(parts)]
+
+
+# Pastes this large whose first and last lines show no prompt or fence are read as they
+# are: one line-by-line cleaning pass would cost more than reading the rules.
+CLEAN_ALWAYS_BELOW = 1 << 20
 
 
 def read_paste(text: str, source: str) -> list[Ruleset]:
     """The rulesets in a paste that is not plain iptables-save output."""
     out: list[Ruleset] = []
-    for seg in paste.clean(text):
-        lines = seg.lines()
+    noisy = len(text) < CLEAN_ALWAYS_BELOW or paste.looks_noisy(text)
+    for seg in paste.clean(text) if noisy else [paste.Segment(text, raw=text)]:
         family = 6 if seg.command and "ip6tables" in seg.command else None
         table = _command_table(seg.command)
         found: list[Ruleset] = []
-        if any(ln.startswith("*") for ln in lines):
-            for piece in _split_saves(lines):
+        if _has_line(seg.text, "Chain "):
+            found.extend(_read_listing(seg.text.splitlines(), source, family, table))
+        elif _has_line(seg.text, "*"):
+            for piece in _split_saves(seg.lines()):
                 found.append(parse_iptables_save(piece, source, family))
-        elif any(CHAIN.match(ln) for ln in lines):
-            found.extend(_read_listing(lines, source, family, table))
-        elif any(ln.startswith(("-A ", "-P ", "-N ")) for ln in lines):
-            found.extend(_read_spec(lines, source, family, table))
+        elif any(_has_line(seg.text, w) for w in ("-A ", "-P ", "-N ")):
+            found.extend(_read_spec(seg.lines(), source, family, table))
         if seg.elided:
             where = ", ".join(str(n) for n in seg.elided[:5])
             for rs in found:
@@ -101,6 +121,11 @@ def read_paste(text: str, source: str) -> list[Ruleset]:
         n, line = paste.first_line(text, lambda ln: paste.prompt_command(ln) is not None)
         raise ClusterIPError(f"{source}:{n}: no iptables rules in {line!r}: {HINT}")
     return out
+
+
+def _has_line(text: str, start: str) -> bool:
+    """A line starts with `start` (a substring search: a regex would cost more on 30 MB)."""
+    return text.startswith(start) or f"\n{start}" in text
 
 
 def _command_table(command: str | None) -> str | None:
@@ -165,133 +190,187 @@ def _family(lines: list[str], given: int | None) -> int:
 def _read_spec(lines: list[str], source: str, family: int | None,
                table: str | None) -> list[Ruleset]:
     """`iptables -S` output, several tables' worth, or grep'd iptables-save rules."""
-    lines = paste.join_wrapped(lines, lambda ln: ln.startswith(_SPEC_START))
-    sections: list[list[tuple[int, str]]] = [[]]
-    after_rules = False
-    for n, ln in enumerate(lines, 1):
-        if not ln or ln.startswith(("#", "*", "COMMIT")):
+    if not all(ln.startswith(_SPEC_START) for ln in lines if ln):
+        lines = paste.join_wrapped(lines, lambda ln: ln.startswith(_SPEC_START))
+    # A second table's -S output pasted after the first starts again with -P lines.
+    bounds, after_rules = [0], False
+    for i, ln in enumerate(lines):
+        if ln[:3] == "-P ":
+            if after_rules:
+                bounds.append(i)
+                after_rules = False
+        elif not after_rules and ln[:1] == "-":
+            after_rules = True
+    bounds.append(len(lines))
+    return [rs for lo, hi in zip(bounds, bounds[1:])
+            if (rs := _spec_section(lines, lo, hi, source, family, table)) is not None]
+
+
+def _spec_section(lines: list[str], lo: int, hi: int, source: str, family: int | None,
+                  table: str | None) -> Ruleset | None:
+    policies: dict[str, str] = {}
+    declared: list[str] = []
+    for ln in lines[lo:hi]:
+        if ln[:3] == "-P ":
+            words = ln.split()
+            if len(words) > 2:
+                policies[words[1]] = words[2]
+    fixed = table or _table_of_policies(set(policies))
+    tables: dict[str, Table] = {}
+    inferred: dict[str, int] = {}
+    current: Table | None = None
+    prefix, bucket, numbers = "\0", [], []
+    for i in range(lo, hi):
+        ln = lines[i]
+        if ln.startswith(prefix):  # the next rule of the same chain: -S groups by chain
+            bucket.append(ln)
+            numbers.append(i + 1)
             continue
-        if ln.startswith("-P ") and after_rules:
-            sections.append([])  # a second table's -S output, pasted after the first
-            after_rules = False
-        after_rules = after_rules or not ln.startswith("-P ")
-        sections[-1].append((n, ln))
-    out = []
-    for section in sections:
-        if not section:
+        c = ln[:1]
+        if not ln or c == "#" or c == "*" or ln == "COMMIT" or ln[:3] == "-P ":
             continue
-        tables: dict[str, Table] = {}
-        policies = {ln.split()[1]: ln.split()[2] for _, ln in section
-                    if ln.startswith("-P ") and len(ln.split()) > 2}
-        fixed = table or _table_of_policies(set(policies))
-        inferred: dict[str, int] = {}
-        declared: list[str] = []
-        for n, ln in section:
-            words = ln.split(" ", 2)
-            if ln.startswith(":"):
-                declared.append(ln[1:].split()[0])
-                continue
-            if words[0] in ("-N", "-P"):
-                if words[0] == "-N" and len(words) > 1:
-                    declared.append(words[1])
-                continue
-            if words[0] == "[" or ln.startswith("["):  # -c counters
-                ln = ln.split("] ", 1)[1] if "] " in ln else ln
-                words = ln.split(" ", 2)
-            if words[0] not in ("-A", "-I") or len(words) < 2:
-                raise ClusterIPError(f"{source}:{n}: not an iptables rule: "
-                                     f"{paste.shorten(ln)!r}: {HINT}")
-            chain = words[1]
-            name = fixed or infer_table(chain, ln)
-            if not fixed:
-                inferred[name] = inferred.get(name, 0) + 1
-            t = tables.setdefault(name, Table(name, source=source))
-            t.lines.setdefault(chain, []).append("-A " + ln[3:] if words[0] == "-I" else ln)
-            t.line_numbers.setdefault(chain, []).append(n)
-        if fixed:
-            t = tables.setdefault(fixed, Table(fixed, source=source))
-            t.policies.update(policies)
-        for chain in declared:
-            home = fixed or next((name for name, t in tables.items() if chain in t.lines),
-                                 infer_table(chain, ""))
-            tables.setdefault(home, Table(home, source=source)).policies.setdefault(chain, "-")
-        rs = Ruleset(_family([ln for _, ln in section], family), tables, source=source)
-        if inferred:
-            counts = ", ".join(f"{k} {v} rule{'s' * (v != 1)}" for k, v in sorted(inferred.items()))
-            rs.assumptions.append(
-                f"{source}: the rules carry no table (`iptables -S` without `-t`, or a grep): "
-                f"each was put where kube-proxy writes it ({counts})")
-        elif table is None and fixed:
-            rs.assumptions.append(f"{source}: table {fixed} inferred from the chain policies "
-                                  f"({', '.join(sorted(policies))})")
-        out.append(rs)
-    return out
+        if c == ":" or ln[:3] == "-N ":
+            declared.append(ln[1:].split()[0] if c == ":" else ln.split()[1])
+            continue
+        if c == "[":  # -c counters
+            ln = ln.split("] ", 1)[1] if "] " in ln else ln
+        words = ln.split(" ", 2)
+        if words[0] not in ("-A", "-I") or len(words) < 2:
+            raise ClusterIPError(f"{source}:{i + 1}: not an iptables rule: "
+                                 f"{paste.shorten(ln)!r}: {HINT}")
+        if words[0] == "-I":
+            ln = "-A " + ln[3:]
+        chain = words[1]
+        name = fixed or infer_table(chain, ln)
+        if not fixed:
+            inferred[name] = inferred.get(name, 0) + 1
+        if current is None or current.name != name:
+            current = tables.get(name) or tables.setdefault(name, Table(name, source=source))
+        bucket = current.lines.setdefault(chain, [])
+        numbers = current.line_numbers.setdefault(chain, [])
+        bucket.append(ln)
+        numbers.append(i + 1)
+        prefix = f"-A {chain} " if fixed and ln is lines[i] else "\0"
+    if not tables and not policies and not declared:
+        return None
+    if fixed:
+        tables.setdefault(fixed, Table(fixed, source=source)).policies.update(policies)
+    for chain in declared:
+        home = fixed or next((name for name, t in tables.items() if chain in t.lines),
+                             infer_table(chain, ""))
+        tables.setdefault(home, Table(home, source=source)).policies.setdefault(chain, "-")
+    rs = Ruleset(_family(lines[lo:hi], family), tables, source=source)
+    if inferred:
+        counts = ", ".join(f"{k} {v} rule{'s' * (v != 1)}" for k, v in sorted(inferred.items()))
+        rs.assumptions.append(
+            f"{source}: the rules carry no table (`iptables -S` without `-t`, or a grep): "
+            f"each was put where kube-proxy writes it ({counts})")
+    elif table is None and fixed:
+        rs.assumptions.append(f"{source}: table {fixed} inferred from the chain policies "
+                              f"({', '.join(sorted(policies))})")
+    return rs
 
 
 def _read_listing(lines: list[str], source: str, family: int | None,
                   table: str | None) -> list[Ruleset]:
-    """`iptables -L -n` output (any of -v, -x, --line-numbers), one table or several."""
-    if family is None:
-        family = 6 if any("::/0" in ln or " :: " in ln for ln in lines[:2000]) else None
+    """`iptables -L -n` output (any of -v, -x, --line-numbers), one table or several.
+
+    Each section's rows are grouped by chain here and converted to rule specs when a chain
+    is first read (listing.ListingLines); only a section whose table must be inferred rule
+    by rule is converted at once."""
     sections: list[dict] = []
     chain: str | None = None
     columns: list[str] | None = None
+    rows: list[str] | None = None
+    header, header_cols = "", None
+    policies: dict[str, str] = {}
     for n, ln in enumerate(lines, 1):
-        if not ln.strip():
+        if rows is not None and ln and (ln[0] != "C" or ln[:6] != "Chain "):
+            rows.append(ln)  # the common line: a row of the current chain
             continue
-        m = CHAIN.match(ln)
-        if m:
-            chain = m.group(1)
-            if not sections or chain in sections[-1]["chains"]:
-                sections.append({"chains": {}, "policies": {}, "rows": []})
-            sections[-1]["chains"][chain] = []
-            sections[-1]["policies"][chain] = m.group(2) or "-"
-            columns = None
+        if not ln or ln[:6] == "Chain ":
+            m = CHAIN.match(ln) if ln else None
+            if m is None:
+                rows = None  # a blank line ends the chain's rows
+                continue
+            chain, policy = m.group(1, 2)
+            # iptables -L prints a table's built-in chains first: a built-in chain after a
+            # user chain, or a chain seen before, starts the next table's listing.
+            if not sections or chain in policies or (policy and "-" in policies.values()):
+                sections.append({"policies": {}, "rows": {}, "first": {}, "columns": {}})
+                policies = sections[-1]["policies"]
+            policies[chain] = policy or "-"
+            rows = columns = None
             continue
         if chain is None:
             raise ClusterIPError(f"{source}:{n}: not iptables -L output: "
                                  f"{paste.shorten(ln.strip())!r}: {HINT}")
-        cols = header_columns(ln)
-        if cols is not None and columns is None:
-            columns = cols
-            continue
         if columns is None:
-            raise ClusterIPError(f"{source}:{n}: a rule before the column header of chain "
-                                 f"{chain}: {paste.shorten(ln.strip())!r}")
-        sections[-1]["rows"].append((n, chain, ln, columns))
+            if ln != header:
+                header, header_cols = ln, header_columns(ln)
+            columns = header_cols
+            if columns is None:
+                raise ClusterIPError(f"{source}:{n}: a rule before the column header of "
+                                     f"chain {chain}: {paste.shorten(ln.strip())!r}")
+            sec = sections[-1]
+            sec["columns"][chain] = columns
+            sec["first"][chain] = n + 1
+            rows = sec["rows"][chain] = []
+            continue
     out = []
     for sec in sections:
         builtins = {c for c, p in sec["policies"].items() if p != "-"}
         fixed = table if len(sections) == 1 and table else _table_of_policies(builtins)
-        fam = family or 4
+        fam = family or _listing_family(sec["rows"])
+        cols = sec["columns"]
         tables: dict[str, Table] = {}
-        inferred = 0
-        for n, chain, ln, cols in sec["rows"]:
-            try:
-                spec = rule_spec(chain, ln, cols, fam)
-            except ListingError as e:
-                raise ClusterIPError(f"{source}:{n}: {e}") from None
-            if family is None and (" -d " in spec or " -s " in spec) and ":" in \
-                    spec.split(" -d " if " -d " in spec else " -s ", 1)[1].split(" ", 1)[0]:
-                fam = 6
-            name = fixed or infer_table(chain, spec)
-            inferred += fixed is None
-            t = tables.setdefault(name, Table(name, source=source))
-            t.lines.setdefault(chain, []).append(spec)
-            t.line_numbers.setdefault(chain, []).append(n)
-        for chain, policy in sec["policies"].items():
-            home = fixed or next((t for t, tb in tables.items() if chain in tb.lines),
-                                 infer_table(chain, ""))
-            tables.setdefault(home, Table(home, source=source)).policies[chain] = policy
+        if fixed:
+            t = tables[fixed] = Table(fixed, source=source, first_line=sec["first"])
+            t.lines = ListingLines(cols, fam, source, sec["first"])
+            for c, chain_rows in sec["rows"].items():
+                if chain_rows:
+                    dict.__setitem__(t.lines, c, chain_rows)
+            t.policies.update(sec["policies"])
+        else:
+            for c, chain_rows in sec["rows"].items():
+                for n, row in enumerate(chain_rows, sec["first"][c]):
+                    try:
+                        spec = rule_spec(c, row, cols[c], fam)
+                    except ListingError as e:
+                        raise ClusterIPError(f"{source}:{n}: {e}") from None
+                    name = infer_table(c, spec)
+                    t = tables.get(name) or tables.setdefault(name, Table(name, source=source))
+                    t.lines.setdefault(c, []).append(spec)
+                    t.line_numbers.setdefault(c, []).append(n)
+            for c, policy in sec["policies"].items():
+                home = next((name for name, tb in tables.items() if c in tb.lines),
+                            infer_table(c, ""))
+                tables.setdefault(home, Table(home, source=source)).policies[c] = policy
         rs = Ruleset(fam, tables, source=source)
         if fixed and not table:
             rs.assumptions.append(f"{source}: table {fixed} inferred from its built-in chains "
                                   f"({', '.join(sorted(builtins))})")
-        elif inferred:
+        elif not fixed and sec["rows"]:
             rs.assumptions.append(f"{source}: the listing names no table: each rule was put "
                                   "where kube-proxy writes it")
         out.append(rs)
     return out
+
+
+def _listing_family(rows: dict[str, list[str]]) -> int:
+    """IPv6 when an address column holds one (`::/0` is printed for any address)."""
+    seen = 0
+    for chain_rows in rows.values():
+        for row in chain_rows:
+            if "::" in row or " fd" in row or "/128" in row:
+                return 6 if any(":" in w and _V6.match(w) for w in row.split()[:12]) else 4
+            seen += 1
+            if seen > 200:
+                return 4
+    return 4
+
+
+_V6 = re.compile(r"^!?[0-9a-fA-F]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*(?:/\d+)?$")
 
 
 def merge(parts: list[Ruleset]) -> list[Ruleset]:
