@@ -47,10 +47,11 @@ class ListingLines(dict):
     gives the raw rows (for counting)."""
 
     def __init__(self, columns: dict[str, list[str]], family: int, source: str,
-                 first_line: dict[str, int]):
+                 first_line: dict[str, int], numbers: dict[str, list[int]]):
         super().__init__()
         self.columns, self.family, self.source = columns, family, source
         self.first_line = first_line  # chain -> line number of its first row
+        self.numbers = numbers  # chain -> every row's line, for chains whose rows had gaps
         self._done: set[str] = set()
 
     def __getitem__(self, chain: str) -> list[str]:
@@ -62,7 +63,8 @@ class ListingLines(dict):
                 try:
                     converted.append(rule_spec(chain, row, columns, family))
                 except ListingError as e:
-                    n = self.first_line.get(chain, 0) + i
+                    at = self.numbers.get(chain)
+                    n = at[i] if at else self.first_line.get(chain, 0) + i
                     raise ClusterIPError(f"{self.source}:{n}: {e}") from None
             rows[:] = converted
             self._done.add(chain)

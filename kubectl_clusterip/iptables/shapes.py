@@ -177,6 +177,7 @@ def _table_of_policies(chains: set[str]) -> str | None:
 
 
 def _family(lines: list[str], given: int | None) -> int:
+    """4 or 6 from the command or the first address; 0 when nothing tells (merge decides)."""
     if given:
         return given
     for ln in lines:
@@ -184,7 +185,7 @@ def _family(lines: list[str], given: int | None) -> int:
             if flag in ln:
                 addr = ln.split(flag, 1)[1].split(" ", 1)[0]
                 return 6 if ":" in addr else 4
-    return 4
+    return 0
 
 
 def _read_spec(lines: list[str], source: str, family: int | None,
@@ -282,29 +283,35 @@ def _read_listing(lines: list[str], source: str, family: int | None,
     chain: str | None = None
     columns: list[str] | None = None
     rows: list[str] | None = None
+    last: list[str] = []  # the current chain's rows, also after a blank line
+    numbers: list[int] | None = None  # explicit line numbers, once a chain's rows have a gap
     header, header_cols = "", None
     policies: dict[str, str] = {}
     for n, ln in enumerate(lines, 1):
         if rows is not None and ln and (ln[0] != "C" or ln[:6] != "Chain "):
             rows.append(ln)  # the common line: a row of the current chain
+            if numbers is not None:
+                numbers.append(n)
             continue
         if not ln or ln[:6] == "Chain ":
             m = CHAIN.match(ln) if ln else None
             if m is None:
-                rows = None  # a blank line ends the chain's rows
+                rows = None  # a blank line ends the chain's rows (or a blanked prompt, …)
                 continue
             chain, policy = m.group(1, 2)
             # iptables -L prints a table's built-in chains first: a built-in chain after a
             # user chain, or a chain seen before, starts the next table's listing.
             if not sections or chain in policies or (policy and "-" in policies.values()):
-                sections.append({"policies": {}, "rows": {}, "first": {}, "columns": {}})
+                sections.append({"policies": {}, "rows": {}, "first": {}, "columns": {},
+                                 "numbers": {}})
                 policies = sections[-1]["policies"]
             policies[chain] = policy or "-"
-            rows = columns = None
+            rows = columns = numbers = None
             continue
         if chain is None:
             raise ClusterIPError(f"{source}:{n}: not iptables -L output: "
                                  f"{paste.shorten(ln.strip())!r}: {HINT}")
+        sec = sections[-1]
         if columns is None:
             if ln != header:
                 header, header_cols = ln, header_columns(ln)
@@ -312,11 +319,17 @@ def _read_listing(lines: list[str], source: str, family: int | None,
             if columns is None:
                 raise ClusterIPError(f"{source}:{n}: a rule before the column header of "
                                      f"chain {chain}: {paste.shorten(ln.strip())!r}")
-            sec = sections[-1]
             sec["columns"][chain] = columns
             sec["first"][chain] = n + 1
-            rows = sec["rows"][chain] = []
+            rows = last = sec["rows"][chain] = []
             continue
+        # A row after a gap in its chain (an elision, a blanked prompt): number every row.
+        if numbers is None:
+            first = sec["first"][chain]
+            numbers = sec["numbers"][chain] = list(range(first, first + len(last)))
+        rows = last
+        rows.append(ln)
+        numbers.append(n)
     out = []
     for sec in sections:
         builtins = {c for c, p in sec["policies"].items() if p != "-"}
@@ -325,15 +338,18 @@ def _read_listing(lines: list[str], source: str, family: int | None,
         cols = sec["columns"]
         tables: dict[str, Table] = {}
         if fixed:
-            t = tables[fixed] = Table(fixed, source=source, first_line=sec["first"])
-            t.lines = ListingLines(cols, fam, source, sec["first"])
+            t = tables[fixed] = Table(fixed, source=source, first_line=sec["first"],
+                                      line_numbers=sec["numbers"])
+            t.lines = ListingLines(cols, fam, source, sec["first"], sec["numbers"])
             for c, chain_rows in sec["rows"].items():
                 if chain_rows:
                     dict.__setitem__(t.lines, c, chain_rows)
             t.policies.update(sec["policies"])
         else:
             for c, chain_rows in sec["rows"].items():
-                for n, row in enumerate(chain_rows, sec["first"][c]):
+                first = sec["first"][c]
+                at = sec["numbers"].get(c) or range(first, first + len(chain_rows))
+                for n, row in zip(at, chain_rows):
                     try:
                         spec = rule_spec(c, row, cols[c], fam)
                     except ListingError as e:
@@ -376,6 +392,13 @@ _V6 = re.compile(r"^!?[0-9a-fA-F]*:[0-9a-fA-F:]*:[0-9a-fA-F:.]*(?:/\d+)?$")
 def merge(parts: list[Ruleset]) -> list[Ruleset]:
     """One ruleset per family: tables from several files (or pieces of one) side by side."""
     by_family: dict[int, Ruleset] = {}
+    known = {rs.family for rs in parts if rs.family}
+    for rs in parts:
+        if not rs.family:  # e.g. `ip6tables -S` of a table without addresses: join the rest
+            rs.family = next(iter(known)) if len(known) == 1 else 4
+            if len(known) != 1:
+                rs.assumptions.append(f"{rs.source}: no address says which IP family its "
+                                      "rules are for: read as IPv4")
     for rs in parts:
         have = by_family.get(rs.family)
         if have is None:
