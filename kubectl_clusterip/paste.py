@@ -65,14 +65,23 @@ def prompt_command(line: str) -> str | None:
     """
     m = _BARE_PROMPT.match(line)
     if m:
-        cmd = m.group("cmd").strip()
-        first = cmd.split(None, 1)[0].rsplit("/", 1)[-1]
+        cmd = _dashes(m.group("cmd").strip())
+        first = cmd.split(None, 1)[0].rsplit("/", 1)[-1].lower()
         return cmd if first in COMMANDS else None
     m = _HOST_PROMPT.match(line)
     if m and ("@" in line or line.lstrip().startswith("[")):
-        cmd = m.group("cmd").strip()
-        return cmd
+        return _dashes(m.group("cmd").strip())
     return None
+
+
+def _dashes(command: str) -> str:
+    """Word processors turn `-t` into `–t`: read the command as typed."""
+    return command.replace("\u2013", "-").replace("\u2014", "-") if "\u2013" in command \
+        or "\u2014" in command else command
+
+
+# Arrows an author appends to annotate a line (`KUBE-SERVICES … ← 1`, `<-- here`).
+_ANNOTATION = re.compile(r"[ \t]+(?:←|<--|<==)[^\n]*$", re.M)
 
 
 def is_elision(line: str) -> bool:
@@ -82,6 +91,8 @@ def is_elision(line: str) -> bool:
 def clean(text: str) -> list[Segment]:
     """The dumps in a paste, in order; one segment when there is one dump."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "←" in text or "<--" in text or "<==" in text:
+        text = _ANNOTATION.sub("", text)
     lines = [ln.rstrip() for ln in text.split("\n")]
     fenced = ("```" in text or "~~~" in text) and any(
         ln.lstrip()[:3] in ("```", "~~~") and _FENCE.match(ln) for ln in lines)

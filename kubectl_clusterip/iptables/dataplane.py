@@ -92,8 +92,12 @@ class IptablesDataplane:
         trace.findings[:0] = [finding("PasteAssumption", a) for a in self.ruleset.assumptions]
         if trace.verdict == "no-match":
             why = unreached(self.ruleset, paths, packet)
-            if why is not None:
+            if why is not None or (step is not None and any(
+                    "is not in the dump" in n for n in trace.notes)):
+                # Not "nothing captures it": the chains were never reached, or a partial
+                # paste lacks the chains the capture rule leads to (a PasteAssumption says).
                 trace.findings = [f for f in trace.findings if f.code != "NoServiceRule"]
+            if why is not None:
                 trace.findings.append(why)
         pinned = [s for c in trace.candidates for s in c.steps if "--rcheck" in s.rule]
         if pinned and len(trace.candidates) == 1:

@@ -22,6 +22,7 @@ MAX_DEPTH = 64
 # Live branches of one walk: kube-proxy splits once per service (one branch per endpoint,
 # 5,000 endpoints at most in practice); nested statistic chains multiply.
 MAX_BRANCHES = 100_000
+_KUBE_PROXY_CHAINS = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
 _PROTO_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132", "icmp": "1", "ipv6-icmp": "58"}
 
 
@@ -242,6 +243,12 @@ class Walker:
         elif target in ("LOG", "NFLOG", "TRACE", "CT", "NOTRACK", "CONNMARK", "CHECKSUM",
                         "TCPMSS", "CLASSIFY", "DSCP", "TOS", "AUDIT"):
             todo.append((st, stack))
+        elif target.startswith(_KUBE_PROXY_CHAINS):
+            # Only a partial paste lacks a chain kube-proxy jumps to (the kernel refuses a
+            # jump to a missing chain): what happens in it is unknown, so this branch ends.
+            out.append(_Outcome("accept", self._step(st, rule, f"jump {target}").note(
+                f"{table} {rule.chain}: chain {target} is not in the dump; the walk of this "
+                "branch stops there")))
         else:
             todo.append((st.note(f"{table} {rule.chain}: target {target} is not modelled; "
                                     "assumed it lets the packet continue"), stack))
