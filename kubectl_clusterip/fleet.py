@@ -94,8 +94,8 @@ def _unique(found: list[Finding]) -> list[Finding]:
 
 
 def _why(row: Row) -> str:
-    if row.verdict == "failed":
-        return row.reason
+    if row.verdict == "failed":  # "debug pod did not run: OutOfmemory", not the whole message
+        return ": ".join(row.reason.split(": ")[:2])
     codes = [f.code for f in row.drift + row.facts] or ([row.reason] if row.reason else [])
     return ", ".join(dict.fromkeys(codes)) or row.verdict
 

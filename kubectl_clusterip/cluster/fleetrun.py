@@ -61,6 +61,12 @@ def run_pods(api: Api, pods: list[dict], parallel: int, timeout: float, progress
     wait = poll
     made: list[str] = []  # created (or maybe created) and not deleted yet
     tally = Tally(len(pods))
+    shown = [""]
+
+    def say() -> None:
+        if tally.line() != shown[0]:
+            shown[0] = tally.line()
+            progress(shown[0])
 
     def finish(pod: dict, log: str | None, why: str, delete: bool = True) -> None:
         name = pod["metadata"]["name"]
@@ -94,7 +100,7 @@ def run_pods(api: Api, pods: list[dict], parallel: int, timeout: float, progress
                     live[pod["metadata"]["name"]] = (pod, clock())
                     wait = poll  # a new pod: look soon
                 tally.running = len(live)
-                progress(tally.line())
+                say()
                 if not live:
                     break
                 sleep(wait)
@@ -118,7 +124,7 @@ def run_pods(api: Api, pods: list[dict], parallel: int, timeout: float, progress
                         phase = (current.get("status") or {}).get("phase", "Pending")
                         finish(pod, None, f"debug pod still {phase} after {timeout:g}s "
                                           f"({st.why})")
-                progress(tally.line())
+                say()
         finally:
             for name in made:
                 podlife.delete(api, name, ns, progress, "debug pod")
