@@ -184,3 +184,25 @@ def test_live_capture_carries_policies_and_namespaces(tmp_path):
         assert len(warnings) == 1 and "networkpolicies" in warnings[0]
         doc = json.loads(r.stdout)
         assert any("NetworkPolicy not checked" in n for n in doc["diagnosisNotes"])
+
+
+def test_flannel_with_calico_elsewhere_is_not_claimed():
+    """Calico installed by its operator runs in calico-system (not captured) but annotates
+    the nodes: then nothing is claimed about enforcement."""
+    snap = with_objects(FRONTEND_ONLY, daemonsets={"kindnet": {"metadata": {
+        "namespace": "kube-system", "name": "kube-flannel-ds"}}})
+    for o in snap.objects:
+        if o["kind"] == "Node":
+            o["metadata"]["annotations"] = {"projectcalico.org/IPv4Address": "172.18.0.2/16"}
+    t = trace(snap)
+    assert "NetworkPolicyNotEnforced" not in [f.code for f in t.findings]
+    found(t, "NetworkPolicyDeniesIngress")
+
+
+def test_a_masqueraded_request_reaches_the_endpoint_from_the_node():
+    """Hairpin: web-1 calls its own Service. To itself it is masqueraded, so it arrives from
+    its own node (always allowed); to web-2 it is not, and web-2 sees pod web-1 (app=web)."""
+    (t,) = run_trace(with_objects(FRONTEND_ONLY), Request(target="shop/web", source_ip=S.WEB1))
+    assert {c.ip: c.masquerade for c in t.candidates} == {S.WEB1: True, S.WEB2: False}
+    f = found(t, "NetworkPolicyDeniesIngress")
+    assert "1 of 2 endpoints (shop/web-2)" in f.message and "from shop/web-1" in f.message

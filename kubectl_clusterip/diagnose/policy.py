@@ -20,6 +20,7 @@ KINDNET_POLICY_SINCE = "20240813"
 POLICY_AGENTS = ("calico-node", "canal", "cilium", "kube-router", "antrea-agent", "weave-net",
                  "kube-network-policies", "ovnkube-node", "kube-ovn-cni")
 FLANNEL_ANNOTATION = "flannel.alpha.coreos.com/backend-type"
+AGENT_ANNOTATIONS = ("projectcalico.org/", "io.cilium", "kube-router.io/")
 
 
 def _ns_labels(cl: Cluster, ns: str) -> dict:
@@ -36,8 +37,9 @@ def _pod(cl: Cluster, ns: str | None, name: str | None) -> dict | None:
     return cl.snap.get("Pod", ns, name)
 
 
-def _peer_of(cl: Cluster, pod: dict) -> Peer:
-    return pod_peer(pod, _ns_labels(cl, metadata(pod).get("namespace") or "default"))
+def _peer_of(cl: Cluster, pod: dict, ip: str | None = None) -> Peer:
+    """The pod as a policy peer, at the address of the traced family when known."""
+    return pod_peer(pod, _ns_labels(cl, metadata(pod).get("namespace") or "default"), ip)
 
 
 def _node_ip(cl: Cluster, node: str) -> str:
@@ -48,6 +50,11 @@ def _node_ip(cl: Cluster, node: str) -> str:
     return ""
 
 
+def _pod_ips(pod: dict) -> set[str]:
+    st = pod.get("status") or {}
+    return {str(p.get("ip")) for p in st.get("podIPs") or []} | {str(st.get("podIP"))}
+
+
 def client_peer(cl: Cluster, trace: Trace) -> Peer:
     """The client as policies see it: its pod (from --from, or found by address), else the
     node (host network) or an address that only ipBlock peers can match."""
@@ -55,12 +62,11 @@ def client_peer(cl: Cluster, trace: Trace) -> Peer:
     ref = client.get("pod") if isinstance(client, dict) else None
     pod = _pod(cl, *ref.split("/", 1)) if isinstance(ref, str) and "/" in ref else None
     src = trace.packet.src_ip
-    if pod is None:
-        pod = next((p for p in cl.snap.of_kind("Pod")
-                    if (p.get("status") or {}).get("podIP") == src
+    if pod is None or src not in _pod_ips(pod):  # --source-ip names another sender
+        pod = next((p for p in cl.snap.of_kind("Pod") if src in _pod_ips(p)
                     and not (p.get("spec") or {}).get("hostNetwork")), None)
     if pod is not None:
-        return _peer_of(cl, pod)
+        return _peer_of(cl, pod, src if src in _pod_ips(pod) else None)
     if trace.packet.from_host or src == _node_ip(cl, cl.node):
         return Peer(src, f"node {cl.node} (host network)", node=cl.node)
     return Peer(src, f"{src} (no pod in the snapshot has this address)")
@@ -82,7 +88,10 @@ def enforcement(cl: Cluster) -> tuple[bool | None, str]:
         return None, ""
     names = {metadata(d).get("name") or "": d for d in dss}
     agents = [n for n in names if any(n.startswith(a) for a in POLICY_AGENTS)]
-    if agents:
+    # agents installed outside kube-system (calico-system, cilium's) still annotate nodes
+    marked = [k for n in cl.snap.of_kind("Node")
+              for k in metadata(n).get("annotations") or {} if k.startswith(AGENT_ANNOTATIONS)]
+    if agents or marked:
         return None, ""
     flannel_ds = next((n for n in names if "flannel" in n), None)
     annotated = [metadata(n).get("name") for n in cl.snap.of_kind("Node")
@@ -133,7 +142,7 @@ def policy_findings(cl: Cluster, trace: Trace) -> list[Finding]:
         pod = _pod(cl, c.extra.get("podNamespace"), c.extra.get("pod"))
         if pod is None:
             continue
-        dst = _peer_of(cl, pod)
+        dst = _peer_of(cl, pod, c.ip)
         src = _seen_source(cl, client, c.masquerade)
         results.append((dst.name, decide(policies, client, dst, c.port, proto, "egress"),
                         decide(policies, src, dst, c.port, proto, "ingress"), src))
