@@ -4,7 +4,8 @@ The seeds are the real dumps and snapshots in tests/data and examples/ (each mad
 real tools, see the READMEs and generate.py scripts beside them). A mutation is driven by a
 `pick(n)` function, so hypothesis can shrink it (tests) and a seeded random.Random can
 survey many of them quickly (`python tests/fuzzing.py --survey N`, which counts crashes
-by class instead of stopping at the first).
+by class instead of stopping at the first; with FUZZ_SAVE=DIR each violating input is
+kept there with its command line, to replay).
 
 The contract, per input: exit code 0, 1 or 2; no traceback; at most 3 lines on stderr;
 the last-resort handler never fires ("please report this"); bounded time and memory.
@@ -321,8 +322,15 @@ def survey(n: int, seed: int = 1) -> dict[str, int]:
     for s in seeds:
         for _ in range(n):
             files = mutated(s, rng.randrange)
-            out = run_seed(s, files, rng.randrange(len(s.commands)))
+            command = rng.randrange(len(s.commands))
+            out = run_seed(s, files, command)
             total += 1
+            if out.violations() and os.environ.get("FUZZ_SAVE"):  # keep the input to replay
+                keep = Path(os.environ["FUZZ_SAVE"]) / f"{s.name}-{total}"
+                for rel, text in files.items():
+                    (keep / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (keep / rel).write_text(text, errors="surrogatepass")
+                (keep / "ARGS").write_text(" ".join(s.args(keep, command)) + "\n")
             for v in out.violations():
                 key = f"{s.name.split('-')[0] if s.name in dump_seeds() else 'snapshot'}: {v}"
                 counts[key] = counts.get(key, 0) + 1
