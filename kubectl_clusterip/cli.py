@@ -356,6 +356,7 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
       kubectl clusterip rules kube-system/kube-dns --rules-file iptables-save.txt -o json
     """
     from kubectl_clusterip.engine import parse_target, service_ports
+    from kubectl_clusterip.reads import cut
     from kubectl_clusterip.render import dump, services_table
 
     def keep(ports: list) -> list:
@@ -363,7 +364,7 @@ def rules(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
             ns, name, port_sel = parse_target(target, namespace)
             ports = select_ports(ports, ns, name, port_sel)
             if not ports:
-                raise ClusterIPError(f"service {target} not found in the rules")
+                raise ClusterIPError(f"service {cut(target)} not found in the rules")
         elif namespace:
             ports = [sp for sp in ports if sp.namespace == namespace]
         return ports

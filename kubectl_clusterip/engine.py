@@ -18,6 +18,7 @@ from kubectl_clusterip.model import (
     Trace,
     select_ports,
 )
+from kubectl_clusterip.reads import cut
 from kubectl_clusterip.snapshot import Snapshot
 
 
@@ -54,7 +55,7 @@ def parse_target(target: str, namespace: str | None) -> tuple[str, str, str | No
         ns = namespace or "default"
     name, _, port = rest.partition(":")
     if not name or not ns or "/" in ns:
-        raise ClusterIPError(f"{target}: expected NAMESPACE/NAME[:PORT]")
+        raise ClusterIPError(f"{cut(target)}: expected NAMESPACE/NAME[:PORT]")
     return ns, name, port or None
 
 
@@ -62,7 +63,8 @@ def node_name(snap: Snapshot, req: Request) -> str:
     name = req.node if req.node is not None else snap.client_node
     if name is None or name not in snap.nodes:
         known = ", ".join(n for n in snap.nodes if n) or "none"
-        raise ClusterIPError(f"no rule dumps for node {name!r} in {snap.source} (nodes: {known})")
+        raise ClusterIPError(f"no rule dumps for node {cut(repr(name))} in {snap.source} "
+                             f"(nodes: {cut(known)})")
     return name
 
 
@@ -121,7 +123,7 @@ def resolve(snap: Snapshot, dps: list[Dataplane], req: Request) -> list[Target]:
                 out.append(Target(dp, sp.cluster_ip, sp.port, sp.protocol, sp.name))
     if not out:
         what = f"{ns}/{name}" + (f":{port_sel}" if port_sel else "")
-        raise ClusterIPError(f"service {what} not found in the rules of "
+        raise ClusterIPError(f"service {cut(what)} not found in the rules of "
                              f"{', '.join(dp.source for dp in dps)}")
     return out
 
