@@ -312,6 +312,9 @@ def run(*args: str):
      "-A KUBE-SERVICES -d 10.96.0.1/32 -j DNAT --to-destination 10.1.1.300:80\nCOMMIT\n",
      "paste.txt:5: --to-destination '10.1.1.300:80': not an IP address"),
     ("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n"
+     "-A KUBE-SERVICES -d 10.96.0.1/32 -j DNAT --to-destinationip6 10.1.1.3:80\nCOMMIT\n",
+     "paste.txt:5: DNAT without --to-destination (iptables requires one)"),  # found by fuzzing
+    ("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n"
      "-A KUBE-SERVICES -d 10.96.0.0/99 -j ACCEPT\nCOMMIT\n",
      "paste.txt:5: -d '10.96.0.0/99': not an IP address or CIDR"),
     ("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n"

@@ -166,7 +166,7 @@ def parse_rule(table: str, line: str) -> Rule:
         i = j
     if base:
         matches.insert(0, Match("", tuple(base)))
-    check_rule(matches, target_opts)
+    check_rule(matches, target_opts, target)
     return Rule(table, tokens[1], line, tuple(matches), target, tuple(target_opts), goto)
 
 

@@ -151,8 +151,14 @@ _TARGET_CHECKS = {
 }
 
 
-def check_rule(matches, target_options) -> None:
+_TARGET_NEEDS = {"DNAT": "--to-destination", "SNAT": "--to-source"}
+
+
+def check_rule(matches, target_options, target: str | None = None) -> None:
     """Raise ClusterIPError for the first value the walker could not use."""
+    needed = _TARGET_NEEDS.get(target or "")
+    if needed and not any(o.name == needed for o in target_options):
+        raise ClusterIPError(f"{target} without {needed} (iptables requires one)")
     for m in matches:
         for o in m.options:
             if o.name == "--tcp-flags":
