@@ -238,8 +238,8 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
             src, why = default_source(t.dataplane, endpoints, ctx, req.from_host, t.ip, cidrs)
             packet = Packet(src, t.ip, t.port, t.protocol, req.source_port, req.from_host)
             trace = t.dataplane.trace(packet, ctx)
-        if trace.service is None and t.service:
-            trace.service = t.service
+        if t.service and (trace.service is None or t.service.startswith(trace.service + ":")):
+            trace.service = t.service  # the API's name, with the port name a dump may lack
         if why:
             trace.notes.insert(0, f"source {src}: {why}")
         traces.append(trace)

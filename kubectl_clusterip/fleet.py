@@ -17,7 +17,8 @@ from kubectl_clusterip.model import Finding, ServicePort, Trace
 # Findings that say the node's rules disagree with the API: kube-proxy on it is behind.
 DRIFT = ("ServiceNotProgrammed", "MissingEndpointRules", "StaleEndpointRules", "NoKubeProxy",
          "ProxyModeMismatch", "NoServiceRule", "PartialDispatch", "DroppedByRule",
-         "KubeProxySyncStale", "KubeProxyChainsUnreachable")
+         "KubeProxySyncStale", "KubeProxyChainsUnreachable", "CiliumBackendDrift",
+         "CiliumServiceNotInBpfMap", "CiliumBackendMissing")
 # Findings about the node's own state (docs/findings.md, "the node's own state").
 NODE_FACTS = ("ConntrackTableFull", "ConntrackTableNearlyFull", "ConntrackDrops",
               "IpForwardDisabled", "BridgeNfCallIptablesOff", "PodCidrRouteMissing",

@@ -201,3 +201,17 @@ def test_kube_proxy_running_means_no_exec(tmp_path):
         r = run(fc, tmp_path, "trace", "web", "-o", "json", "--pod-timeout", "10")
         assert r.exit_code == 0, r.stderr
         assert json.loads(r.stdout)["proxyMode"] == "iptables" and fc.execs == []
+
+
+def test_all_nodes_read_each_nodes_agent(cluster, tmp_path):
+    cluster.exec_for = in_agent(tmp_path)
+    r = run(cluster, tmp_path, "trace", "web", "--all-nodes", "-o", "json", "--pod-timeout",
+            "10")
+    assert r.exit_code == 0, r.stderr
+    rows = {i["node"]: i for i in json.loads(r.stdout)["items"]}
+    assert sorted(rows) == ["n1", "n2"] and all(v["verdict"] == "ok" for v in rows.values()), rows
+    assert {(r["proxyMode"], r["endpoints"]["programmed"], r["endpoints"]["expected"])
+            for r in rows.values()} == {("cilium", 2, 2)}
+    assert sorted(ex["pod"] for ex in cluster.execs) == ["kube-system/cilium-n1x",
+                                                         "kube-system/cilium-n2x"]
+    assert cluster.pods_left() == []

@@ -315,7 +315,10 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
         if failed != "proxy-mode" and failed.split("-")[0] not in ("iptables", "ip6tables",
                                                                    "kube"):  # kube-proxy-*
             progress(f"warning: on {node}, {failed}: {err}")
-    files.update(cilium_files(g, opts, node, progress))
+    agent_files, agent = cilium_files(g, opts, node, progress)
+    files.update(agent_files)
+    if agent:
+        meta["ciliumAgent"] = agent
 
     # -- DNS: as the client would ask ------------------------------------------------------
     if opts.dns and svc:
@@ -329,24 +332,23 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
 
 
 def cilium_files(g: Gathered, opts: LiveOptions, node: str,
-                 progress: Progress) -> dict[str, str]:
-    """Where Cilium replaces kube-proxy on the node: its agent's outputs (by exec)."""
+                 progress: Progress) -> tuple[dict[str, str], dict]:
+    """Where Cilium replaces kube-proxy on the node: its agent's outputs (by exec), and what
+    was read (`ciliumAgent` in the snapshot meta: pod and binary, or the error)."""
     agent = ciliumagent.agent_on(g.cilium_agents, node)
     here = any((p.get("spec") or {}).get("nodeName") == node for p in g.proxies)
     if agent is None or not ciliumagent.replaces_kube_proxy(g.cilium_config, here):
-        return {}
+        return {}, {}
     where = f"{agent['metadata']['namespace']}/{_name(agent)}"
     progress(f"reading Cilium's services by exec into {where}")
     try:
         files, info = ciliumagent.read_agent(g.api, agent, opts.conntrack)
     except ClusterIPError as e:
         progress(f"warning: Cilium's agent on {node} not read: {e}")
-        g.meta["ciliumAgent"] = {"pod": where, "error": str(e)}
-        return {}
-    g.meta["ciliumAgent"] = info
+        return {}, {"pod": where, "error": str(e)}
     for failed, err in (info.get("errors") or {}).items():
         progress(f"warning: on {node}, {failed}: {err}")
-    return files
+    return files, info
 
 
 def dump_files(node: str, log: str, image: str) -> tuple[dict[str, str], dict]:

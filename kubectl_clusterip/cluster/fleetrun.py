@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from kubectl_clusterip import fleet
 from kubectl_clusterip.cluster import debugpod, podlife
 from kubectl_clusterip.cluster.api import Api, ApiError, Forbidden
-from kubectl_clusterip.cluster.capture import Gathered, LiveOptions, dump_files, gather
+from kubectl_clusterip.cluster.capture import (
+    Gathered,
+    LiveOptions,
+    cilium_files,
+    dump_files,
+    gather,
+)
 from kubectl_clusterip.cluster.kubeconfig import ConnectionFlags
 from kubectl_clusterip.cluster.podlife import Progress
 from kubectl_clusterip.engine import Request, run_trace, service_ports
@@ -164,6 +170,10 @@ def each_node(flags: ConnectionFlags, opts: LiveOptions, selector: str | None, p
                 files, info = dump_files(node, log, opts.image)
             except ClusterIPError as e:
                 return on_node(g, node, None, {}, str(e))
+            agent_files, agent = cilium_files(g, opts, node, progress)
+            files.update(agent_files)
+            if agent:
+                info["ciliumAgent"] = agent
             on_node(g, node, files, info, "")
 
         run_pods(g.api, pods, parallel, opts.pod_timeout, progress, done)
