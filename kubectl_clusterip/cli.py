@@ -140,7 +140,8 @@ def live_setup(live: dict, target: str | None, namespace: str | None, node: str 
                             live["user"], namespace, live["request_timeout"])
     return flags, LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
                               live["via"], live["dns_server"], live["pod_timeout"],
-                              live["conntrack"], dns, live["debug_namespace"])
+                              live["conntrack"], dns, live["debug_namespace"],
+                              live.get("probe") or 0, int(live.get("probe_timeout") or 2))
 
 
 def fleet_options(f):
@@ -158,6 +159,18 @@ def fleet_selector(all_nodes: bool, node_selector: str | None) -> str | bool | N
     if node_selector is not None:
         return node_selector
     return None if all_nodes else False
+
+
+def probe_options(f):
+    """--probe [N]: real connections from the client's position, beside the prediction."""
+    f = click.option("--probe-timeout", type=click.IntRange(1, 30), default=2,
+                     show_default=True, metavar="SECONDS",
+                     help="Per probe connection: how long to wait for an answer.")(f)
+    return click.option(
+        "--probe", type=click.IntRange(1, 500), is_flag=False, flag_value=20, default=None,
+        metavar="[N]", help="Also send N real connections (default 20, at most 500, 20 a "
+        "second) from a short-lived pod on the client's node in its namespace, plus one "
+        "direct connection per endpoint, and compare what happened with the prediction.")(f)
 
 
 def rules_source_options(f):
@@ -217,6 +230,7 @@ def main() -> None:
 @fleet_options
 @debug_option
 @live_options
+@probe_options
 def capture(service: str, directory: str, namespace: str | None, node: str | None,
             source_ip: str | None, all_nodes: bool, node_selector: str | None, parallel: int,
             **live: object) -> None:
@@ -237,7 +251,8 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
     sel = fleet_selector(all_nodes, node_selector)
     if sel is not False:
         from kubectl_clusterip import fleetcli
-        fleetcli.check_usage(sel, node=node, **{"from": live["client_pod"]})
+        fleetcli.check_usage(sel, node=node, probe=live["probe"],
+                             **{"from": live["client_pod"]})
         snap = fleetcli.capture_all(*live_setup(live, service, namespace, None, source_ip, False),
                                     sel, parallel, bool(live["quiet"]))
     else:
@@ -272,6 +287,7 @@ def capture(service: str, directory: str, namespace: str | None, node: str | Non
 @click.option("-o", "--output", type=OUTPUTS, default="text", show_default=True)
 @fleet_options
 @live_options
+@probe_options
 def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | None,
           to: str | None, namespace: str | None, protocol: str | None, source_ip: str | None,
           source_port: int, from_host: bool, node: str | None, node_ips: tuple[str, ...],
@@ -314,11 +330,15 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
     if sel is not False:
         from kubectl_clusterip import fleetcli
         fleetcli.check_usage(sel, snapshot=snapshot_dir, rules_file=rules_files, node=node,
-                             to=to, source_ip=source_ip, **{"from": live["client_pod"]})
+                             to=to, source_ip=source_ip, probe=live["probe"],
+                             **{"from": live["client_pod"]})
         req = Request(target, namespace, None, protocol, None, source_port, from_host,
                       None, node_ips)
         sys.exit(fleetcli.trace_all(*live_setup(live, target, namespace, None, None, False),
                                     req, sel, parallel, output, bool(live["quiet"])))
+    if live["probe"] and (rules_files or snapshot_dir or to):
+        raise ClusterIPError("--probe needs a live cluster and a TARGET service (a snapshot "
+                             "replays the observations `capture --probe` kept)")
     snap = load_snapshot_from(rules_files, snapshot_dir,
                               live_source(live, target, namespace, node, source_ip))
     namespace = namespace or snap.meta.get("namespace")  # live: the context's namespace

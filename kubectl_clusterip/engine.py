@@ -245,6 +245,9 @@ def run_trace(snap: Snapshot, req: Request) -> list[Trace]:
         traces.append(trace)
     if snap.has_objects():
         diagnose.apply(snap, node, traces, dps)
+    if "probe" in snap.meta:  # observation beside the prediction: what real connections did
+        from kubectl_clusterip.probe import apply as probe_apply
+        probe_apply.apply(snap, node, traces)
     return traces
 
 

@@ -68,6 +68,20 @@ CODES: dict[str, tuple[str, str]] = {
     "CiliumBackendStuck": ("warning", "dnat"),
     "CiliumSocketLBBypassed": ("info", "dnat"),
     "CiliumStaleConntrack": ("error", "reply"),
+    # from the probe: what real connections did (probe/judge.py)
+    "ClientDnsDiffers": ("error", "dns"),
+    "ProbeNotNated": ("error", "dnat"),
+    "UnpredictedEndpoint": ("error", "dnat"),
+    "StaleEndpointLive": ("error", "dnat"),
+    "ImplausibleSplit": ("warning", "dnat"),
+    "SplitUntested": ("info", "dnat"),
+    "ProbeDnatUnseen": ("warning", "dnat"),
+    "EndpointRefuses": ("error", "forward"),
+    "EndpointTimesOut": ("error", "forward"),
+    "EndpointUnreachable": ("error", "forward"),
+    "EndpointResets": ("error", "forward"),
+    "DirectPathFails": ("warning", "forward"),
+    "ServicePathFails": ("error", "reply"),
 }
 
 

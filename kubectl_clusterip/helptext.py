@@ -82,6 +82,13 @@ HELP = {
         '                              level must allow hostNetwork and NET_ADMIN).\n'
         '                              [default: kube-system]\n'
         '  -q, --quiet                 No progress line (errors and warnings only).\n'
+        '  --probe [N]                 Also send N real connections (default 20, at\n'
+        '                              most 500, 20 a second) from a short-lived pod on\n'
+        "                              the client's node in its namespace, plus one\n"
+        '                              direct connection per endpoint, and compare what\n'
+        '                              happened with the prediction.  [1<=x<=500]\n'
+        '  --probe-timeout SECONDS     Per probe connection: how long to wait for an\n'
+        '                              answer.  [default: 2; 1<=x<=30]\n'
         '  -h, --help                  Show this message and exit.'
     ),
     'completion': (
@@ -239,6 +246,14 @@ HELP = {
         '                                 level must allow hostNetwork and NET_ADMIN).\n'
         '                                 [default: kube-system]\n'
         '  -q, --quiet                    No progress line (errors and warnings only).\n'
+        '  --probe [N]                    Also send N real connections (default 20, at\n'
+        '                                 most 500, 20 a second) from a short-lived pod\n'
+        "                                 on the client's node in its namespace, plus\n"
+        '                                 one direct connection per endpoint, and\n'
+        '                                 compare what happened with the prediction.\n'
+        '                                 [1<=x<=500]\n'
+        '  --probe-timeout SECONDS        Per probe connection: how long to wait for an\n'
+        '                                 answer.  [default: 2; 1<=x<=30]\n'
         '  -h, --help                     Show this message and exit.'
     ),
 }

@@ -6,6 +6,7 @@ import json
 
 from kubectl_clusterip.findings import STEPS, has_errors, ordered, summary
 from kubectl_clusterip.model import Candidate, Finding, Node, ServicePort, Trace
+from kubectl_clusterip.probe import report as probe_report
 from kubectl_clusterip.style import style
 
 
@@ -102,7 +103,13 @@ def trace_report(t: Trace, node: Node) -> str:
     for s in t.capture:
         lines.append(f"               {s.table} {s.chain}: {s.rule}")
     lines += _finding_lines(by_step.get("rules", []))
+    obs = t.extra.get("observed")
+    predicted = [c.endpoint for c in t.candidates]
     lines.append(f"3. DNS        {t.extra.get('dnsSummary', 'not checked (offline trace)')}")
+    cd = t.extra.get("clusterDomain")
+    if isinstance(cd, dict) and cd.get("domain"):
+        lines.append(f"               cluster domain {cd['domain']} ({cd.get('source')})")
+    lines += probe_report.lines(obs, "dns", predicted)
     lines += _finding_lines(by_step.get("dns", []))
     if t.verdict == "dnat":
         lines.append(f"4. DNAT       one endpoint per new connection, {len(t.candidates)} "
@@ -113,13 +120,17 @@ def trace_report(t: Trace, node: Node) -> str:
         for c in t.candidates:
             rows.append([c.endpoint, percent(c.probability), "yes" if c.masquerade else "no",
                          _pod(c), c.extra.get("node") or "", _state(c),
-                         c.extra.get("dnatChain", "")])
+                         c.extra.get("dnatChain", "")]
+                        + ([probe_report.observed_cell(obs, c.endpoint)] if obs else []))
         lines += _indent(tabulate(rows, ["ENDPOINT", "PROBABILITY", "MASQUERADE", "POD", "NODE",
-                                         "STATE", "CHAIN"], tablefmt="plain"), 15)
+                                         "STATE", "CHAIN"] + (["OBSERVED"] if obs else []),
+                                  tablefmt="plain"), 15)
+        lines += probe_report.lines(obs, "dnat", predicted)
         lines += _finding_lines(by_step.get("dnat", []))
         lines.append("5. Forwarding")
         for c in t.candidates:
             lines.append(f"               {c.endpoint}: {_forward_line(t, c, node)}")
+        lines += probe_report.lines(obs, "forward", predicted)
         lines += _finding_lines(by_step.get("forward", []))
         lines.append("6. Reply      " + ("Cilium reverses the translation for every reply:"
                                       if t.proxy_mode == "cilium" else
@@ -133,6 +144,7 @@ def trace_report(t: Trace, node: Node) -> str:
                 why = c.extra.get("masqueradeRule", "")
                 lines.append(f"                 masqueraded by: {why}" if why else
                              "                 masqueraded")
+        lines += probe_report.lines(obs, "reply", predicted)
         lines += _finding_lines(by_step.get("reply", []))
     else:
         word = {"reject": "REJECTED", "drop": "DROPPED", "no-match": "NOT NATed"}.get(

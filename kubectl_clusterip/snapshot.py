@@ -42,6 +42,8 @@ NODE_FILES = {
     "proxy-mode": "curl -s 127.0.0.1:10249/proxyMode",
     "ip-addr.json": "ip -j addr show",
     "ip-route.json": "ip -j route show table main (IPv4 and IPv6 lists concatenated)",
+    "conntrack-events.txt": "conntrack -E -e NEW -d CLUSTER_IP, while --probe ran",
+    "probe-log.txt": "the --probe pod's log: one CONN line per connection, its resolv.conf",
     **CILIUM_FILES,
     "sysctl.txt": "grep -H '' /proc/sys/net/... (conntrack fill, forwarding, bridge-nf-call-*, "
                   "rp_filter)",

@@ -16,6 +16,9 @@ The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoke
         fc.debug_pod = "succeed" | "pending" | "imagepull" | "fail" | "rejected" | "deadline"
                                                 # or a callable: created pod -> one of those
         fc.log_for = lambda pod: "..."          # the created pod's log
+        fc.kubelet = lambda pod: (argv, pod_ip) | None   # run the pod's container for real:
+                                                # Running while argv runs, its output the log,
+                                                # DELETE kills it (None: the scripted life)
         fc.write_kubeconfig(tmp_path / "kubeconfig")
         fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError,
                                                 # DropConnection
@@ -102,6 +105,8 @@ class FakeCluster:
         self.forbidden: set[tuple[str, str, str]] = set()
         self.debug_pod: str | Callable[[dict], str] = "succeed"
         self.log_for: Callable[[dict], str] = lambda pod: ""
+        self.kubelet: Callable[[dict], tuple[list[str], str] | None] | None = None
+        self._procs: dict[tuple[str, str], tuple] = {}  # (ns, name) -> (Popen, log path)
         self.polls_until_done = 2
         self.created: list[dict] = []
         self.deleted: list[str] = []
@@ -144,7 +149,8 @@ class FakeCluster:
     def api_requests(self) -> list[tuple[str, str]]:
         """Requests beside polling the debug pod's status."""
         return [(m, p) for m, p, q in self.requests
-                if not (m == "GET" and "/pods/clusterip-debug-" in p and not p.endswith("/log"))]
+                if not (m == "GET" and ("/pods/clusterip-debug-" in p or "/pods/clusterip-probe-"
+                                        in p) and not p.endswith("/log"))]
 
     def streams_closed(self, timeout: float = 3.0) -> bool:
         """Whether every websocket (and port-forward upstream) has ended, waiting a little:
@@ -217,6 +223,8 @@ class FakeCluster:
 
     def __exit__(self, *exc: object) -> None:
         assert self.server is not None
+        for key in list(self._procs):
+            self._stop(key)
         self.server.shutdown()
         self.server.server_close()
         with self._lock:
@@ -257,6 +265,7 @@ class FakeCluster:
                 if obj is None:
                     return 404, status(404, "NotFound", f'{plural} "{name}" not found')
                 self.deleted.append(f"{ns}/{name}")
+                self._stop((ns, name or ""))
                 return 200, obj
             if name is None:
                 items = [o for (p, n, _), o in sorted(self.objects.items())
@@ -274,6 +283,9 @@ class FakeCluster:
             obj = self.objects.get((plural, ns, name))
             if obj is None:
                 return 404, status(404, "NotFound", f'{plural} "{name}" not found')
+            if sub == "log" and (ns, name) in self._procs:
+                with open(self._procs[(ns, name)][1], errors="replace") as f:
+                    return 200, f.read()
             if sub == "log":
                 if not started(obj):
                     why = next((((c.get("state") or {}).get("waiting") or {}).get("reason")
@@ -282,6 +294,9 @@ class FakeCluster:
                     return 400, status(400, "BadRequest", f'container "debug" in pod "{name}" '
                                        f"is waiting to start: {why}")
                 return 200, self.log_for(obj)
+            if (ns, name) in self._procs:
+                self._running(obj)
+                return 200, obj
             if plural == "pods" and name.startswith("clusterip-"):
                 self._advance(obj)
             return 200, obj
@@ -308,7 +323,53 @@ class FakeCluster:
         body["status"] = {"phase": "Pending"}
         self.objects[(plural, ns, md["name"])] = body
         self.created.append(body)
+        run = self.kubelet(body) if self.kubelet is not None and plural == "pods" else None
+        if run is not None:
+            self._start((ns, md["name"]), *run)
         return 201, body
+
+    # -- the fake kubelet: a pod's container as a real process ------------------------------
+    def _start(self, key: tuple[str, str], argv: list[str], pod_ip: str) -> None:
+        import subprocess
+        import tempfile
+        log = tempfile.NamedTemporaryFile(prefix="fake-kubelet-", delete=False)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self._procs[key] = (proc, log.name, pod_ip)
+
+    def _running(self, pod: dict) -> None:
+        """Running while the process runs; Succeeded or Failed by its exit code."""
+        proc, _log, ip = self._procs[(pod["metadata"]["namespace"], pod["metadata"]["name"])]
+        rc = proc.poll()
+        name = pod["spec"]["containers"][0]["name"]
+        state = ({"running": {"startedAt": "2024-01-01T00:00:00Z"}} if rc is None else
+                 {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error"}})
+        pod["status"] = {"phase": "Running" if rc is None else "Succeeded" if rc == 0 else
+                         "Failed", "podIP": ip, "podIPs": [{"ip": ip}],
+                         "containerStatuses": [{"name": name, "ready": rc is None,
+                                                "image": pod["spec"]["containers"][0]["image"],
+                                                "state": state}]}
+
+    def _stop(self, key: tuple[str, str]) -> None:
+        import os
+        import signal
+        entry = self._procs.pop(key, None)
+        if entry is None:
+            return
+        proc, log, _ip = entry
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(5)
+        os.unlink(log)
+
+    def processes_left(self) -> list[str]:
+        """Pods whose fake-kubelet process still runs (none once every pod is deleted)."""
+        return [f"{ns}/{n}" for (ns, n), (proc, *_rest) in self._procs.items()
+                if proc.poll() is None]
 
     def _advance(self, pod: dict) -> None:
         """The pod's life as the kubelet would show it, one step per status poll."""

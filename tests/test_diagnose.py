@@ -368,10 +368,12 @@ def test_every_code_has_a_test():
     """Runs last in this file: each code in the public contract was produced above, but
     the IPVS-only codes, which tests/test_ipvs_walk.py produces from IPVS dumps, the
     NetworkPolicy ones (tests/test_diagnose_policy.py), the node's (test_node_facts.py), the
-    partial-paste ones (tests/test_iptables_shapes.py) and the Cilium ones
-    (tests/test_cilium_*.py checks its own)."""
+    partial-paste ones (tests/test_iptables_shapes.py), the Cilium ones
+    (tests/test_cilium_*.py checks its own) and the probe's (tests/test_probe.py checks it
+    produces every one of them)."""
+    from test_probe import PROBE_CODES
     elsewhere = {"IpvsSchedulerState", "IpvsDrainingRealServer", "NetworkPolicyDeniesIngress",
                  "NetworkPolicyDeniesEgress", "NetworkPolicyAllows", "NetworkPolicyNotEnforced",
                  "NetworkPolicyDeniesDns", "PasteAssumption", "KubeProxyChainsUnreachable"
-                 } | NODE_CODES
+                 } | NODE_CODES | PROBE_CODES
     assert {c for c in set(CODES) - TESTED if not c.startswith("Cilium")} == elsewhere

@@ -134,11 +134,11 @@ def test_one_trace_needs_at_most_ten_requests_beside_polling(cluster, tmp_path):
     methods = [m for m, _ in reqs]
     assert methods.count("POST") == 1 and methods.count("DELETE") == 1
     # service, slices, pods by selector, client pod, nodes, kube-system pods, configmap,
-    # daemonsets, networkpolicies (default, kube-system), create, log, delete; the DNS
-    # port-forward (refused here) is one more
-    assert len(reqs) <= 14, reqs
+    # daemonsets, networkpolicies (default, kube-system), create, log, delete, and the
+    # coredns ConfigMap (the cluster domain); the DNS port-forward (refused here) is one more
+    assert len(reqs) <= 15, reqs
     without_dns = [x for x in reqs if not x[1].endswith("/portforward")]
-    assert len(without_dns) == 13, without_dns
+    assert len(without_dns) == 14, without_dns
 
 
 def test_capture_then_replay_gives_the_same_trace(cluster, tmp_path):

@@ -42,6 +42,8 @@ class LiveOptions:
     conntrack: bool = False
     dns: bool = True
     debug_namespace: str = debugpod.NAMESPACE
+    probe: int = 0  # --probe N: real connections from the client's position (0: none)
+    probe_timeout: int = 2  # seconds per probe connection
 
 
 def _labels(o: dict) -> dict:
@@ -321,12 +323,29 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
         meta["ciliumAgent"] = agent
 
     # -- DNS: as the client would ask ------------------------------------------------------
+    domain = dnsmod.CLUSTER_DOMAIN
+    if (opts.dns or opts.probe) and svc:
+        coredns = _optional("the CoreDNS ConfigMap (cluster domain)", lambda: api.get(
+            "ConfigMap", "coredns", "kube-system"), progress)
+        domain, source = dnsmod.cluster_domain(coredns)
+        meta["clusterDomain"] = {"domain": domain, "source": source}
     if opts.dns and svc:
         try:
-            meta["dns"] = _dns(api, opts, svc, client_pod, dns_pods)
+            meta["dns"] = _dns(api, opts, svc, client_pod, dns_pods, domain)
         except ClusterIPError as e:  # we could not ask: say so, and claim nothing about DNS
             progress(f"warning: DNS not checked: {e}")
             meta["dnsNotChecked"] = str(e)
+    if opts.probe and svc and opts.target:
+        from kubectl_clusterip.engine import parse_target
+        from kubectl_clusterip.probe import apply as probe_apply
+        from kubectl_clusterip.probe import run as probe_run
+        port_sel = parse_target(opts.target, kc.namespace)[2]
+        client_ns = client_pod["metadata"]["namespace"] if client_pod else kc.namespace
+        plan = probe_run.plan(svc, slices, port_sel, client_ns, node, opts.probe,
+                              opts.probe_timeout, opts.image, domain)
+        log, events, meta["probe"] = probe_run.run(api, plan, opts.pod_timeout, progress,
+                                                   opts.debug_namespace)
+        files[probe_apply.PROBE_LOG], files[probe_apply.EVENTS] = log, events
     return Snapshot(meta, objects, {node: NodeDumps(node, files)},
                     f"context {kc.context}")
 
@@ -375,12 +394,12 @@ def _node_log(api: Api, opts: LiveOptions, node: str, mode: str, ct_args: str,
 
 
 def _dns(api: Api, opts: LiveOptions, svc: dict, client_pod: dict | None,
-         dns_pods: list[dict]) -> dict:
+         dns_pods: list[dict], domain: str = dnsmod.CLUSTER_DOMAIN) -> dict:
     """meta["dns"]; a ClusterIPError when the server could not be asked at all."""
     ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
     client_ns = client_pod["metadata"]["namespace"] if client_pod else ns
     query = name if client_ns == ns else f"{name}.{ns}"
-    search, ndots = dnsmod.client_resolv(client_pod, client_ns)
+    search, ndots = dnsmod.client_resolv(client_pod, client_ns, domain)
     srv = [(p["name"], p.get("protocol") or "TCP") for p in svc["spec"].get("ports") or []
            if p.get("name")]
     timeout = min(api.kc.timeout or 3.0, 5.0)

@@ -26,6 +26,32 @@ CLUSTER_DOMAIN = "cluster.local"
 Ask = Callable[[dns.message.Message], dns.message.Message]
 
 
+def corefile_domain(corefile: str) -> str | None:
+    """The cluster domain: the first zone of the Corefile's `kubernetes` plugin that is not
+    a reverse zone (`kubernetes cluster.local in-addr.arpa ip6.arpa {`)."""
+    for line in corefile.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["kubernetes"]:
+            for zone in words[1:]:
+                if zone == "{":
+                    break
+                zone = zone.rstrip(".").lower()
+                if zone and not zone.endswith(".arpa"):
+                    return zone
+    return None
+
+
+def cluster_domain(configmap: dict | None) -> tuple[str, str]:
+    """The cluster domain, and where it came from (the report says so)."""
+    if configmap is None:
+        return CLUSTER_DOMAIN, "assumed: ConfigMap kube-system/coredns not readable"
+    corefile = str((configmap.get("data") or {}).get("Corefile") or "")
+    domain = corefile_domain(corefile)
+    if domain is None:
+        return CLUSTER_DOMAIN, "assumed: no kubernetes plugin zone in the coredns Corefile"
+    return domain, "the kubernetes plugin's zone in ConfigMap kube-system/coredns"
+
+
 def cluster_search(namespace: str, domain: str = CLUSTER_DOMAIN) -> list[str]:
     return [f"{namespace}.svc.{domain}", f"svc.{domain}", domain]
 

@@ -125,6 +125,8 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
 
     summary_line, dns_found = dns(snap.meta, trace, svc)
     extra["dnsSummary"] = summary_line
+    if isinstance(snap.meta.get("clusterDomain"), dict):  # where the search path's came from
+        extra["clusterDomain"] = snap.meta["clusterDomain"]
     if snap.meta.get("dns") is not None:
         extra["dns"] = snap.meta["dns"]
     found += dns_found
