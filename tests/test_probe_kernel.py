@@ -243,8 +243,8 @@ def test_stale_rules_confirmed_live(cluster) -> None:
 def test_udp_dns_service(cluster) -> None:
     rc, doc, _ = probe(cluster, "kube-system/kube-dns:dns", 20)
     obs = doc["observed"]
-    assert obs["method"] == "dns" and rc == 0
     assert errors(doc) == set(), [c for c in obs["connections"] if c["outcome"] != "answered"]
+    assert obs["method"] == "dns" and rc == 0
     assert {c["outcome"] for c in obs["connections"]} == {"answered"}
     assert {c["endpoint"] for c in obs["connections"]} == {"10.244.1.2:53"}
 

@@ -24,7 +24,7 @@ MARK = debugpod.MARK
 
 PROBE_SCRIPT = r"""
 M='==== kubectl-clusterip'
-T=${TMPDIR:-/tmp}
+T=$(mktemp -d 2>/dev/null) || T=${TMPDIR:-/tmp}  # its own: an ephemeral container shares /tmp
 now() { d=$(date +%s.%N 2>/dev/null); case "$d" in *N*|'') echo -;; *) echo "$d";; esac; }
 one() {  # PATH INDEX IP PORT SPORT
   t0=$(now)
@@ -75,6 +75,7 @@ for ep in $ENDPOINTS; do
   sleep "$PACE"
   j=$((j + 1))
 done
+rm -rf "$T/kc.out"; [ "$T" = "${TMPDIR:-/tmp}" ] || rmdir "$T" 2>/dev/null
 echo "$M PROBE-DONE ===="
 """
 
