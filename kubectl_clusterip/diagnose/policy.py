@@ -123,7 +123,8 @@ def _denied(code: str, d: Decision, src: Peer, dsts: list[str], total: int, port
     ns = d.policies[0].split("/", 1)[0]
     names = " ".join(p.split("/", 1)[1] for p in d.policies)
     return finding(code, f"NetworkPolicy denies {side} {which} on {port}/{proto.upper()} "
-                   f"(after DNAT) from {src.name}: {'; '.join(d.policies)} select "
+                   f"(after DNAT) from {src.name}: {'; '.join(d.policies)} "
+                   f"{'selects' if len(d.policies) == 1 else 'select'} "
                    f"{'the pod' if d.direction == 'ingress' else src.name} and no rule "
                    "admits this", " || ".join(d.why_not),
                    f"kubectl get networkpolicy -n {ns} {names} -o yaml")
@@ -206,7 +207,8 @@ def dns_policy(cl: Cluster, trace: Trace) -> Finding | None:
     return finding("NetworkPolicyDeniesDns",
                    f"NetworkPolicy denies {client.name} DNS to CoreDNS "
                    f"({listed(sorted({n for n, _ in verdicts}))}) on 53/UDP: "
-                   f"{'; '.join(d.policies)} ({d.direction}) admit no such traffic, so "
+                   f"{'; '.join(d.policies)} ({d.direction}) "
+                   f"{'admits' if len(d.policies) == 1 else 'admit'} no such traffic, so "
                    "Service names do not resolve from this pod",
                    " || ".join(d.why_not),
                    "allow egress to namespaceSelector kubernetes.io/metadata.name=kube-system, "
