@@ -22,6 +22,7 @@ COMMANDS = frozenset((
     "ip6tables-nft", "iptables-nft-save", "ip6tables-nft-save", "nft", "ipvsadm",
     "ipvsadm-save", "ipset", "conntrack", "sudo", "doas", "kubectl", "docker", "crictl",
     "minikube", "kind", "k3s", "microk8s", "cat", "ssh", "nsenter", "chroot", "oc",
+    "cilium", "cilium-dbg",
 ))
 _FENCE = re.compile(r"^\s*(```|~~~)[\w+-]*\s*$")
 # `user@host:~$ cmd`, `[root@host ~]# cmd`, `root@node:/# cmd`, `node# cmd`, `$ cmd`, `# cmd`

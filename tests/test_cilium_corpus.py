@@ -256,3 +256,16 @@ def test_stale_service_conntrack_entries():
                             ("ct", (DATA / "ct-list-global.txt").read_text())])
     t = dps[0].trace(Packet("2603:8080:c0f0:d2e0:99f2:9195:c043:304f", "2a03:3f40:88:1::24", 80))
     assert "CiliumStaleConntrack" not in codes(t)
+
+
+def test_pasted_in_an_issue_with_prose_fences_and_an_elision():
+    text = ("The service does not answer, here is the agent:\n\n```console\n"
+            + (DATA / "service-list-1.12-quarantined.txt").read_text()
+            + "```\n\nand its status:\n```\n"
+            + (DATA / "status-verbose-1.14-hostns-only.txt").read_text() + "```\n")
+    t = build_dataplanes([("issue.md", text)])[0].trace(Packet(POD, "10.96.95.246", 80))
+    assert shares(t) == {"10.244.1.59:80": 0.5, "10.244.1.8:80": 0.5}
+    assert "CiliumSocketLBBypassed" in codes(t)
+    text = "the map:\n```\n" + (DATA / "bpf-lb-list-1.16-slot.txt").read_text() + "```\n"
+    t = build_dataplanes([("issue.md", text)])[0].trace(Packet(POD, "10.96.252.10", 443))
+    assert shares(t) == {"172.18.0.2:4244": 1.0}

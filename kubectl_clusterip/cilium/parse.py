@@ -18,6 +18,7 @@ import ipaddress
 import json
 import re
 
+from kubectl_clusterip import paste
 from kubectl_clusterip.cilium.model import (
     Backend,
     CtEntry,
@@ -108,7 +109,7 @@ def parse_service_list(text: str, source: str = "") -> list[Frontend]:
         if not seen_header:
             seen_header = bool(_SVC_HEADER.match(line))
             continue
-        if not line.strip():
+        if not line.strip() or paste.is_elision(line):
             continue
         at = f"{where}:{lineno}"
         be = _BE.match(line)
@@ -274,7 +275,7 @@ def parse_bpf_lb(text: str, source: str = "") -> tuple[list[LbEntry], dict[int, 
     current: LbEntry | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip()
-        if not line.strip():
+        if not line.strip() or paste.is_elision(line):
             continue
         at = f"{where}:{lineno}"
         head = _LB_HEADER.match(line)
