@@ -113,8 +113,8 @@ def test_an_elided_map_element_is_unknown_not_missing():
     assert t.verdict == "reject"
     assert any("map service-ips is cut short in the paste" in f.message
                for f in t.findings if f.code == "UndecidedMatch"), t.findings
-    assert any(f"line {at + 1} of the paste elides lines of ip kube-proxy map service-ips"
-               in n for n in notes(t))
+    assert any("the paste elides elements of ip kube-proxy map service-ips" in n
+               for n in notes(t))
     for ip, endpoint in (("10.96.0.10", "10.244.2.10"), ("10.96.0.20", "10.244.2.12"),
                          ("10.96.0.30", "10.244.2.13")):
         if ip != gone:
@@ -135,7 +135,7 @@ def test_elided_lines_are_named_and_the_rest_traced():
     text = "\n".join(lines)
     t = trace(text, API)
     assert [c.ip for c in t.candidates] == ["10.244.2.12"]
-    assert any(f"line {at + 1} of the paste elides lines of ip kube-proxy chain "
+    assert any(f"line {at + 1} of the paste elides rules of ip kube-proxy chain "
                "endpoint-V5YYQ4KC" in n for n in notes(t))
 
 

@@ -96,8 +96,8 @@ class IpvsDataplane:
             trace.notes.append("no `ipset save` output given: the rules' --match-set matches "
                                "could not be decided")
         trace.findings.extend(
-            finding("PasteAssumption", f"{self.table.source or 'the ipvsadm listing'}: {note}",
-                    "", "run `ipvsadm -Ln` on the node and give all of its output")
+            finding("PasteAssumption", note, "", "run `ipvsadm -Ln` on the node and give all "
+                    "of its output")
             for note in self.table.notes)
         return trace
 
@@ -197,7 +197,9 @@ def build(ipvs_dumps: list[tuple[str, str]], iptables_dumps: list[tuple[str, str
     """One dataplane per family that has virtual services or iptables rules on this node."""
     table = IpvsTable([], ", ".join(s for s, _ in ipvs_dumps))
     for source, text in ipvs_dumps:
-        table.services.extend(parse_ipvsadm(text, source).services)
+        part = parse_ipvsadm(text, source)
+        table.services.extend(part.services)
+        table.notes.extend(f"{source}: {note}" for note in part.notes)
     sets: dict[str, IpSet] = {}
     for source, text in ipset_dumps:
         sets.update(parse_ipset(text, source))

@@ -160,26 +160,36 @@ def _scheduler(name: str | None, where: str) -> str:
     return name
 
 
+# The start of a listing line, as a paste cut off at its end leaves it.
+_CUT_LINE = re.compile(r"(?:->\s+[\d\[]\S*(?:\s+[A-Za-z]+(?:\s+\d+){0,3})?|"
+                       r"(?:TCP|UDP|SCTP|FWM)\s+[\d\[]\S*(?:\s+[a-z]*)?)\s*$", re.A)
+# A listing pasted without its header: a virtual service, then a real server under it.
+_LIST_FRAGMENT = re.compile(r"^(?:TCP|UDP|SCTP)\s+\S+:\S+\s+[a-z]+\b.*\n\s+->\s+\S+:\S+\s+"
+                            r"(?:Masq|Route|Tunnel|Local|FullNat)\s", re.M | re.A)
+
+
 def looks_like_ipvsadm(text: str) -> bool:
     head = text[:4096].lstrip()
     return head.startswith(("IP Virtual Server", "Prot LocalAddress:Port")) or bool(
         re.search(r"^-A (-t|-u|--sctp-service|-f|--tcp-service|--udp-service|--fwmark-service) ",
-                  head, re.M))
+                  head, re.M)) or bool(_LIST_FRAGMENT.search(head))
 
 
 def parse_ipvsadm(text: str, source: str = "") -> IpvsTable:
     """Either output form; the first meaningful line tells which."""
     for line in text.splitlines():
         s = line.strip()
-        if not s:
+        if not s or is_elision(s):
             continue
-        if s.startswith("IP Virtual Server") or s.startswith("Prot "):
+        if s.startswith("IP Virtual Server") or s.startswith("Prot ") or \
+                _LIST_SERVICE.match(s) or _LIST_FWMARK.match(s):
             return _parse_list(text, source)
         if s.startswith("IPVS connection entries"):
             raise ClusterIPError(f"{source or 'dump'}: this is `ipvsadm -Lnc` (connections); "
                                  "give `ipvsadm-save -n` or `ipvsadm -Ln`")
         return _parse_save(text, source)
-    raise ClusterIPError(f"{source or 'dump'}: empty ipvsadm output")
+    raise ClusterIPError(f"{source or 'dump'}: empty ipvsadm output; run `ipvsadm -Ln` on the "
+                         "node and give its output")
 
 
 def _parse_save(text: str, source: str) -> IpvsTable:
@@ -303,12 +313,14 @@ def _parse_list(text: str, source: str) -> IpvsTable:
     current: dict | None = None
 
     notes: list[str] = []
+    lines = text.splitlines()
+    last = max((i for i, ln in enumerate(lines, 1) if ln.strip()), default=0)
 
     def close() -> None:
         if current is not None:
             services.append(VirtualService(**current))
 
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         s = raw.strip()
@@ -347,6 +359,13 @@ def _parse_list(text: str, source: str) -> IpvsTable:
             continue
         m = _LIST_SERVICE.match(raw)
         fm = _LIST_FWMARK.match(raw) if m is None else None
+        if m is None and fm is None and lineno == last and current is not None and \
+                _CUT_LINE.match(s):
+            notes.append(f"the paste ends in a line cut short (line {lineno}: {shorten(s)!r}), "
+                         f"under {current['protocol'].upper()} {current['ip']}:"
+                         f"{current['port']}: that service's real servers from there on are not "
+                         "known")
+            continue
         if m is None and fm is None:
             raise ClusterIPError(f"{where}:{lineno}: not ipvsadm -Ln output: {shorten(s)!r}; "
                                  "run `ipvsadm -Ln` on the node and give all of its output")

@@ -67,6 +67,9 @@ def check_rule(expr: Any) -> list:
         try:
             if kind == "match":  # most statements: checked without the generic dispatch
                 _match(v)
+            elif kind == "jump" or kind == "goto":
+                if type(v) is not dict or type(v.get("target")) is not str or not v["target"]:
+                    _target(v)
             else:
                 check = _STATEMENTS.get(kind)
                 if check is not None:  # others are not modelled: the walker says so
@@ -97,10 +100,18 @@ def _match(v: Any) -> None:
         raise BadValue("a match has a left and a right side", v)
     if v.get("op", "==") not in MATCH_OPS:
         raise BadValue("unknown operator", v.get("op")).at(".op")
-    try:
-        domain = _left(v["left"])
-    except BadValue as e:
-        raise e.at(".left") from None
+    left, domain = v["left"], None
+    kind, x = next(iter(left.items())) if type(left) is dict and len(left) == 1 else ("", None)
+    if kind == "payload" and type(x) is dict and type(x.get("protocol")) is str and \
+            type(x.get("field")) is str:
+        domain = _PAYLOAD_DOMAIN.get((x["protocol"], x["field"]))
+    elif kind == "meta" and type(x) is dict and type(x.get("key")) is str:
+        domain = _KEY_DOMAIN.get(x["key"])
+    else:
+        try:
+            domain = _left(left)
+        except BadValue as e:
+            raise e.at(".left") from None
     right = v["right"]
     try:
         if type(right) is str:  # the common cases inline: an address, a word, @set
@@ -446,6 +457,12 @@ def _in(x: Any, domain: Any) -> None:
         if type(parts) not in (list, tuple) or len(parts) != len(domain):
             raise BadValue(f"expected {len(domain)} values joined by '.'", x)
         for p, d in zip(parts, domain):
+            tp = type(p)
+            if (tp is str and (d == "proto" or (d == "ipv4" and _IPV4.fullmatch(p)))) or (
+                    tp is int and d == "port" and 0 <= p <= 65535):
+                continue  # the common parts, without a call each
+            if d is None or tp is dict:
+                _expr(p)
             _in(p, d)
         return
     if type(x) is dict:
@@ -458,6 +475,12 @@ def _in(x: Any, domain: Any) -> None:
                 _in(y, domain)
             return
         return  # another expression: its value is the walker's to compute
+    if domain == "ipv4" and type(x) is str and _IPV4.fullmatch(x):
+        return
+    if domain == "port" and type(x) is int and 0 <= x <= 65535:
+        return
+    if domain == "proto" and type(x) is str:
+        return
     if domain in _MAX_LEN:
         try:
             fam = _address(x)
@@ -527,14 +550,19 @@ def check_element(item: Any, key_domain: Any, map_type: str | None) -> None:
     else:
         key, value = item, None
     try:
-        _expr(key)
-        _in(_elem_val(key), key_domain)
+        if key_domain is None or (type(key) is dict and "concat" not in key):
+            _expr(key)  # a prefix, range or `elem` wrapper; or types the walker only compares
+        _in(_elem_val(key), key_domain)  # checks each part of a concatenation as it goes
     except BadValue as e:
         raise e.at(" key") from None
     if not map_type:
         return
     try:
         if map_type == "verdict":
+            if type(value) is dict and len(value) == 1:
+                x = value.get("goto") or value.get("jump")
+                if type(x) is dict and type(x.get("target")) is str and x["target"]:
+                    return
             _verdict(value)
         else:
             _expr(value)

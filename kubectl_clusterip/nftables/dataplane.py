@@ -22,7 +22,7 @@ from kubectl_clusterip.model import (
     select_service,
 )
 from kubectl_clusterip.nftables.parse import parse_ruleset
-from kubectl_clusterip.nftables.ruleset import Ruleset, Table, gc_paused
+from kubectl_clusterip.nftables.ruleset import Chain, Rule, Ruleset, Table, gc_paused
 from kubectl_clusterip.nftables.walk import Walker
 from kubectl_clusterip.trace import assemble
 
@@ -216,11 +216,26 @@ class NftablesDataplane:
 
 
 def from_ruleset(rs: Ruleset) -> list[NftablesDataplane]:
-    out = [NftablesDataplane(rs, t, FAMILIES[t.family]) for t in rs.tables.values()
-           if t.name == TABLE and t.family in FAMILIES]
+    out = [NftablesDataplane(rs, _with_hooks(rs, t), FAMILIES[t.family])
+           for t in rs.tables.values() if t.name == TABLE and t.family in FAMILIES]
     if not out:
         out = [NftablesDataplane(rs, None)]
     return sorted(out, key=lambda d: d.family)
+
+
+def _with_hooks(rs: Ruleset, t: Table) -> Table:
+    """A pasted fragment of the table without any base chain still dispatches through
+    `services`: assume kube-proxy's own hooks (nat prerouting and output at dstnat jump to
+    services) and say so, rather than trace nothing."""
+    if "services" not in t.chains or any(ch.is_base for ch in t.chains.values()):
+        return t
+    for name, hook in (("nat-prerouting", "prerouting"), ("nat-output", "output")):
+        ch = t.chains.setdefault(name, Chain(t.family, t.name, name, source=rs.source))
+        ch.type, ch.hook, ch.priority = "nat", hook, -100
+        ch._rules = [Rule(t.family, t.name, name, None, None, [{"jump": {"target": "services"}}])]
+    rs.notes.append(f"the paste has no base chain of {t.label} (no `type nat hook …` line): "
+                    "assumed kube-proxy's nat-prerouting and nat-output, which jump to services")
+    return t
 
 
 def capture_step(paths: list[Path]) -> Step | None:

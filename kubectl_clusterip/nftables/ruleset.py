@@ -35,6 +35,7 @@ from kubectl_clusterip.paste import is_elision
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
               "srcnat": 100}
 _HANDLE = re.compile(r"\s*#\s*handle\s+(\d+)\s*$")
+_ELIDED_ELEMENTS = re.compile(r"(?<![\w.:])(?:\.\.\.+|…)(?![\w.:])")
 _decode = json.JSONDecoder().raw_decode  # one rule object in place, no slice of the dump
 
 
@@ -60,6 +61,7 @@ class NftSet:
     comment: str | None = None
     where: str = ""  # the dump and where in it, for errors
     incomplete: bool = False  # elements were cut from the paste: a miss proves nothing
+    notes: list[str] | None = field(default=None, repr=False)  # the ruleset's, for elisions
     _raw: Any = field(default=None, repr=False)  # JSON "elem" list or the text between braces
     _elements: list[Element] | None = field(default=None, repr=False)
     _exact: dict | None = field(default=None, repr=False)
@@ -83,7 +85,7 @@ class NftSet:
             if type(raw) is tuple:  # (dump text, start, end) of a JSON "elem" list
                 raw = json.loads(raw[0][raw[1]:raw[2]])
             elif type(raw) is str:
-                raw = parse_elements_text(raw)
+                raw = parse_elements_text(self._without_elisions(raw))
         except (ValueError, RecursionError) as e:
             raise ClusterIPError(f"{where}: cannot read the elements: "
                                  f"{str(e).split(':')[0]}") from None
@@ -99,6 +101,19 @@ class NftSet:
                 step = f".elem[{j}]" if "nftables[" in where else f", element {j + 1}"
                 raise e.at(step).error(where) from None
         return _elements_from(raw)
+
+    def _without_elisions(self, body: str) -> str:
+        """Element text with a pasted `...` in place of elements taken out (and noted)."""
+        if "..." not in body and "…" not in body:
+            return body
+        kept = _ELIDED_ELEMENTS.sub("", body)
+        if kept != body:
+            self.incomplete = True
+            if self.notes is not None:
+                self.notes.append(f"the paste elides elements of {self.family} {self.table} "
+                                  f"{self.kind} {self.name} ('...'): a key missing from it "
+                                  "may be among them")
+        return kept
 
     @property
     def kind(self) -> str:
@@ -213,6 +228,7 @@ class Chain:
         "handle",
         "hook",
         "name",
+        "notes",
         "policy",
         "priority",
         "source",
@@ -221,9 +237,10 @@ class Chain:
     )
 
     def __init__(self, family: str, table: str, name: str, handle: int | None = None,
-                 source: str = "") -> None:
+                 source: str = "", notes: list[str] | None = None) -> None:
         self.family, self.table, self.name, self.handle = family, table, name, handle
         self.source = source  # the dump's name, for errors
+        self.notes = notes  # the ruleset's: where a pasted listing elides lines
         self.type: str | None = None  # filter | nat | route, for base chains
         self.hook: str | None = None
         self.priority: int | None = None
@@ -257,11 +274,21 @@ class Chain:
             if item >= 0:
                 out.append(self._json_rule(src, s, item))
                 continue
+            closed = False  # past the chain's `}`: text up to the next object's header
             for k, line in enumerate(src[s:e].splitlines()):
                 line = line.strip()
+                if line == "}":
+                    closed = True
                 if not line or line == "}" or line.startswith(("type ", "comment ", "policy ",
-                                                               "#")) or (
-                        line[0] in ".…[<" and is_elision(line)):
+                                                               "#")):
+                    continue
+                if line[0] in ".…[<" and is_elision(line):
+                    if self.notes is not None:
+                        n = src.count("\n", 0, s) + k + 1
+                        what = f"{self.family} {self.table} chain {self.name}"
+                        self.notes.append(f"line {n} of the paste elides what followed {what}"
+                                          if closed else f"line {n} of the paste elides rules "
+                                          f"of {what}: what they do is not known")
                     continue
                 handle = None
                 # A handle follows the line's last "#": match there, not at every position.

@@ -15,7 +15,7 @@ from kubectl_clusterip.nftables.ruleset import (
     gc_paused,
 )
 from kubectl_clusterip.nftables.values import parse_duration
-from kubectl_clusterip.paste import first_line, is_elision, shorten
+from kubectl_clusterip.paste import first_line, shorten
 
 # Every object header ends its line with `{` (maybe `{ # handle N`); rule lines never do.
 _TEXT_OPEN = re.compile(r" \{(?:[ \t]*#[ \t]*handle[ \t]+\d+)?[ \t]*$", re.M)
@@ -54,8 +54,6 @@ def _parse_text(text: str, source: str) -> Ruleset:
     if closes > opens:
         raise ClusterIPError(f"{where}: {closes - opens} more '}}' than '{{': not one nft "
                              "listing; run `nft list ruleset` and give all of its output")
-    elided = [(text.count("\n", 0, m.start()) + 1, m.start())
-              for m in _ELISION_CANDIDATE.finditer(text) if is_elision(m.group())]
     table: Table | None = None
     line, counted = 1, 0  # line numbers for the few objects whose errors name one
     ends = [h.start() for h, _ in headers[1:]] + [len(text)]
@@ -64,7 +62,6 @@ def _parse_text(text: str, source: str) -> Ruleset:
         if name[0] == '"':
             name = unquote(name)
         cut = opens > closes and end == len(text)  # the paste stops in this object
-        gaps = [n for n, at in elided if body_start <= at < end]
         if is_table:
             table = rs._table(family, name)
             table.handle = int(handle) if handle else None
@@ -76,16 +73,13 @@ def _parse_text(text: str, source: str) -> Ruleset:
         if table is None:
             raise ClusterIPError(f"{where}: {kind} {name} outside a table; run "
                                  "`nft list ruleset` on the node")
-        what = f"{table.family} {table.name} {kind} {name}"
-        for n in gaps:
-            rs.notes.append(f"line {n} of the paste elides lines of {what}: what they held "
-                            "is not known")
         if cut:
-            end = _cut(rs, text, body_start, kind, what)
+            end = _cut(rs, text, body_start, kind, f"{table.family} {table.name} {kind} {name}")
         if kind == "chain":
             ch = table.chains.get(name)
             if ch is None:
-                ch = table.chains[name] = Chain(table.family, table.name, name, source=source)
+                ch = table.chains[name] = Chain(table.family, table.name, name, source=source,
+                                                notes=rs.notes)
             ch.handle = int(handle) if handle else None
             if _CHAIN_HEAD.match(text, body_start, end):  # any indent: tabs, spaces
                 _chain_header(ch, text, (body_start, end))
@@ -97,18 +91,14 @@ def _parse_text(text: str, source: str) -> Ruleset:
             st = NftSet(table.family, table.name, name, map_type="" if kind == "map" else None,
                         where=f"{where} line {line}: {kind} {name}")
             body = text[body_start:end]
-            if gaps:
-                body = "\n".join("" if is_elision(ln) else ln for ln in body.split("\n"))
             _set_body(st, body + ("}" if cut and "elements = " in body else ""))
-            st.incomplete = bool(gaps) or (cut and "elements = " in body)
+            st.incomplete = cut and "elements = " in body
+            st.notes = rs.notes
             table.sets[name] = st
     return rs
 
 
 _CHAIN_HEAD = re.compile(r"\s*(?:type|comment)\s")
-_ELISION_CANDIDATE = re.compile(r"^[ \t]*[.…\[<][^\n]*$", re.M)
-
-
 def _lines(text: str) -> int:
     return text.count("\n") + (not text.endswith("\n"))
 

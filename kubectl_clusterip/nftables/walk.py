@@ -532,6 +532,11 @@ class Walker:
 
 def _refuse_loop(start: Chain, stack: tuple, verb: str, target: str) -> None:
     """The kernel refuses a ruleset whose jumps and gotos loop: one in a dump was made by hand."""
+    for name, _, via in stack:
+        if name == target or target in via:
+            break
+    else:
+        return
     way = [c for name, _, via in stack for c in (*via, name)]
     if target in way:
         loop = " → ".join([*way[way.index(target):], target])
