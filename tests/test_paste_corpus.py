@@ -1,6 +1,6 @@
-"""Real nftables / IPVS / ipset pastes from public issues and docs (tests/data/pastes/,
-sources and the hand-worked answers in its README.md), traced the way `--rules-file` reads
-them: paste cleaning, format detection, parser and walker."""
+"""Real nftables / IPVS / ipset pastes from public issues and docs (tests/data/pastes/nftables
+and ipvs; sources and the hand-worked answers in the README.md beside them), traced the way
+`--rules-file` reads them: paste cleaning, format detection, parser and walker."""
 
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def test_ipset_list_from_an_issue():
 
 
 @pytest.mark.parametrize("name", sorted(p.relative_to(DATA).as_posix()
-                                        for p in DATA.rglob("*.txt")))
+                                        for sub in ("nftables", "ipvs")
+                                        for p in (DATA / sub).glob("*.txt")))
 def test_every_corpus_file_is_cited(name: str):
-    assert f"`{Path(name).name}`" in (DATA / "README.md").read_text()
+    readme = (DATA / name).parent / "README.md"
+    assert f"`{Path(name).name}`" in readme.read_text() and "https://" in readme.read_text()
