@@ -30,7 +30,7 @@ EXAMPLE = ROOT / "examples" / "kind-my-service"
 TARGET_MS = 40
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine  # noqa: E402
+from measure import machine  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], n: int, fresh_cache: bool = False

@@ -44,6 +44,8 @@ class IptablesDataplane:
     _services: list[ServicePort] | None = field(default=None, repr=False)
     # The node's xt_recent lists (session affinity): affinity chain -> client IPs it pins.
     recent: dict[str, set[str]] = field(default_factory=dict)
+    # service_ips() and cluster_cidrs() read a whole KUBE-SERVICES: once per dump, not per trace
+    _memo: dict[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_text(cls, text: str, source: str = "") -> IptablesDataplane:
@@ -75,12 +77,15 @@ class IptablesDataplane:
 
     def service_ips(self) -> frozenset[str]:
         """Every address a KUBE-SERVICES rule names: Service IPs, never the node's own."""
+        if "ips" in self._memo:
+            return self._memo["ips"]  # type: ignore[return-value]
         ips = set()
         for name in ("nat", "filter"):
             table = self.ruleset.table(name)
             if table is not None:
                 ips.update(_host(d) for d in table.destinations("KUBE-SERVICES") if d)
-        return frozenset(ips)
+        self._memo["ips"] = frozen = frozenset(ips)
+        return frozen
 
     def trace(self, packet: Packet, node: Node | None = None,
               recent: dict[str, set[str]] | None = None) -> Trace:
@@ -116,6 +121,11 @@ class IptablesDataplane:
         Read from the first service chain that has one, without parsing the rest; old
         kube-proxy put the rule in KUBE-SERVICES itself, so that is the last place looked.
         """
+        if "cidrs" not in self._memo:
+            self._memo["cidrs"] = self._cluster_cidrs()
+        return list(self._memo["cidrs"])  # type: ignore[call-overload]
+
+    def _cluster_cidrs(self) -> list[str]:
         nat = self.ruleset.table("nat")
         if nat is None:
             return []

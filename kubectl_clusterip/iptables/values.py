@@ -17,6 +17,12 @@ from kubectl_clusterip.paste import shorten
 
 TCP_FLAGS = frozenset(("SYN", "ACK", "FIN", "RST", "URG", "PSH", "ALL", "NONE"))
 MAX_U32 = 0xFFFFFFFF
+# Dotted quads (and /0../32) that ipaddress accepts, recognised without building an address
+# object: every endpoint of a big dump has a DNAT target and a -s, so this is most of the
+# values read; whatever does not match is judged by ipaddress itself, as before.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+IPV4_NET = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?")
 
 
 def bad(option: str, value: str, why: str) -> ClusterIPError:
@@ -37,7 +43,7 @@ def _network_ok(value: str) -> bool:
 
 
 def check_cidr(option: str, value: str) -> None:
-    if not _network_ok(value):
+    if IPV4_NET.fullmatch(value) is None and not _network_ok(value):
         raise bad(option, value, "not an IP address or CIDR")
 
 
@@ -97,13 +103,9 @@ def check_nat_to(option: str, value: str) -> None:
             raise bad(option, value, "not a port from 1 to 65535")
 
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
 def _ip_ok(host: str) -> bool:
     """An IP address; IPv4 by a regex (every DNAT rule of a node has one: ipaddress is slow)."""
-    if _IPV4.fullmatch(host):
+    if IPV4.fullmatch(host):
         return True
     if ":" not in host:
         return False

@@ -151,14 +151,8 @@ class Walker:
             frame = stack[-1]
             name, idx = frame[0], frame[1]
             count = t.count(name) if t else 0
-            hints = t.destinations(name) if t else []
-            try:
-                while idx < count and hints[idx] is not None and not in_cidr(st.dst, hints[idx]):
-                    idx += 1  # skipped unparsed: its -d cannot match
-            except ValueError:
-                assert t is not None
-                t.rule(name, idx)  # raises ClusterIPError naming the file, line and value
-                raise
+            if t is not None:  # rules whose -d cannot match are skipped unparsed
+                idx = t.next_candidate(name, idx, st.dst)
             if idx >= count:
                 stack = _leave(stack)
                 if not stack:
