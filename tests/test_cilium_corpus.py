@@ -269,3 +269,27 @@ def test_pasted_in_an_issue_with_prose_fences_and_an_elision():
     text = "the map:\n```\n" + (DATA / "bpf-lb-list-1.16-slot.txt").read_text() + "```\n"
     t = build_dataplanes([("issue.md", text)])[0].trace(Packet(POD, "10.96.252.10", 443))
     assert shares(t) == {"172.18.0.2:4244": 1.0}
+
+
+def test_frontends_view_counts_mark_slots_past_count_inactive():
+    # Printer formats of cilium-dbg/cmd/bpf_lb_list.go: the default view (slot per backend)
+    # and --frontends (`KEY (SLOT)  BACKEND_ID COUNT[QCOUNT] (REVNAT) [FLAGS]`), as the
+    # quarantined.txtar map (COUNT=2 QCOUNT=1) would print them.
+    lb = ("SERVICE ADDRESS         BACKEND ADDRESS (REVNAT_ID) (SLOT)\n"
+          "10.96.50.104:80/TCP     0.0.0.0:0 (1) (0) [ClusterIP, non-routable]\n"
+          "                        10.244.1.1:80/TCP (1) (1)\n"
+          "                        10.244.1.3:80/TCP (1) (2)\n"
+          "                        10.244.1.2:80/TCP (1) (3)\n")
+    frontends = ("SERVICE ADDRESS         BACKEND ID\n"
+                 "10.96.50.104:80/TCP (0) 0 2[1] (1) [0x0 0x0]\n"
+                 "10.96.50.104:80/TCP (1) 1 0[0] (1) [0x0 0x0]\n"
+                 "10.96.50.104:80/TCP (2) 3 0[0] (1) [0x0 0x0]\n"
+                 "10.96.50.104:80/TCP (3) 2 0[0] (1) [0x0 0x0]\n")
+    t = build_dataplanes([("lb", lb), ("fe", frontends)])[0].trace(
+        Packet(POD, "10.96.50.104", 80))
+    assert shares(t) == {"10.244.1.1:80": 0.5, "10.244.1.3:80": 0.5}
+    assert t.extra["cilium"]["excluded"][0]["endpoint"] == "10.244.1.2:80"
+    assert "CiliumBackendExcluded" in codes(t)
+    # --frontends alone says nothing about backends: not a dataplane.
+    with pytest.raises(ClusterIPError):
+        build_dataplanes([("fe", frontends)])

@@ -33,12 +33,14 @@ from kubectl_clusterip.cilium.model import (
     LbEntry,
 )
 from kubectl_clusterip.cilium.parse import (
+    merge_lb,
     parse_bpf_lb,
     parse_ct,
     parse_services,
     parse_status,
 )
 from kubectl_clusterip.model import (
+    ClusterIPError,
     Node,
     Packet,
     Path,
@@ -232,15 +234,20 @@ def build(dumps: list[tuple[str, str]], _all: dict[str, list[tuple[str, str]]]):
     frontends: list[Frontend] | None = None
     for source, text in _all.get("cilium-services", []):
         frontends = (frontends or []) + parse_services(text, source)
-    lb: list[LbEntry] | None = None
+    entries: list[LbEntry] = []
     revnat: dict[int, tuple] = {}
     backends: dict[int, Backend] = {}
     for source, text in _all.get("cilium-lb", []):
-        entries, rn, bes = parse_bpf_lb(text, source)
-        if entries:
-            lb = (lb or []) + entries
+        got, rn, bes = parse_bpf_lb(text, source)
+        entries += got
         revnat.update(rn)
         backends.update(bes)
+    lb = merge_lb(entries) or None
+    if frontends is None and lb is None:
+        given = ", ".join(s for s, _ in _all.get("cilium-lb", []))
+        raise ClusterIPError(f"{given}: `bpf lb list --revnat/--backends/--frontends` alone do "
+                             "not say which backends serve a frontend; add `cilium-dbg service "
+                             "list` or `cilium-dbg bpf lb list`")
     status = None
     for source, text in _all.get("cilium-status", []):
         status = parse_status(text, source)

@@ -83,7 +83,7 @@ def explain(dp: CiliumDataplane, trace: Trace, ctx: dict) -> None:
                                      f"backend {b.endpoint} of {svc} is {why}", _be(fe, b),
                                      "check the pod; `cilium-dbg service update --backends "
                                      f"{b.endpoint} --states active` clears a manual quarantine"))
-            elif b.state in ("terminating", "maintenance"):
+            elif b.state in ("terminating", "maintenance", "inactive"):
                 found.append(finding("CiliumBackendExcluded",
                                      f"backend {b.endpoint} of {svc} is {why}", _be(fe, b)))
     if fe is not None and ctx.get("socketLB") is False and not p.from_host:

@@ -21,6 +21,8 @@ WHY_EXCLUDED = {
     "quarantined": "quarantined (failed Cilium's backend health check, or set by `cilium-dbg "
                    "service update --states quarantined`): never selected for new connections",
     "maintenance": "in maintenance (set by an operator): never selected for new connections",
+    "inactive": "past the service's COUNT in the BPF map (terminating, quarantined or in "
+                "maintenance): not selected for new connections",
 }
 
 
@@ -99,6 +101,8 @@ class LbEntry:
     master: LbSlot | None = None
     slots: list[LbSlot] = field(default_factory=list)
     source: str = ""
+    count: int | None = None  # active backends (slots 1..count), from `--frontends`
+    qcount: int | None = None  # the inactive ones after them (1.15+ prints COUNT[QCOUNT])
 
     @property
     def revnat(self) -> int | None:

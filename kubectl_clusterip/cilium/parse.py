@@ -298,16 +298,19 @@ def parse_bpf_lb(text: str, source: str = "") -> tuple[list[LbEntry], dict[int, 
                 revnat[int(m.group(1))] = (ip, port)
             continue
         indented = line[:1].isspace()
-        if kind == "frontends":
-            m = re.match(r"^\s*(\S+)(?:\s+\((\d+)\))?\s+(\d+)\s+(\d+)?", line)
+        if kind == "frontends":  # KEY [(SLOT)]  BACKEND_ID COUNT[[QCOUNT]] (REVNAT) [FLAGS]
+            m = re.match(r"^\s*(\S+)(?:\s+\((\d+)\))?\s+(\d+)\s+(\d+)(?:\[(\d+)\])?\s+\((\d+)\)",
+                         line)
             if m is None:
                 raise ClusterIPError(f"{at}: not a `bpf lb list --frontends` row: "
                                      f"{line.strip()[:80]!r}")
             ip, port, proto, internal = split_addr(m.group(1), at)
-            key = (ip, port, proto, internal)
-            entry = entries.setdefault(key, LbEntry(ip, port, proto, internal, source=where))
-            entry.slots.append(LbSlot("", 0, slot=int(m.group(2)) if m.group(2) else None,
-                                      line=line))
+            entry = entries.setdefault((ip, port, proto, internal),
+                                       LbEntry(ip, port, proto, internal, source=where))
+            slot, count = m.group(2), int(m.group(4))
+            if slot == "0" or (slot is None and count > (entry.count or 0)):
+                entry.count = count
+                entry.qcount = int(m.group(5)) if m.group(5) else None
             continue
         if not indented:
             key_text, _, rest = line.strip().partition(" ")
@@ -322,6 +325,27 @@ def parse_bpf_lb(text: str, source: str = "") -> tuple[list[LbEntry], dict[int, 
             body = line.strip()
         _add_slot(current, body, at, line)
     return list(entries.values()), revnat, backends
+
+
+def merge_lb(entries: list[LbEntry]) -> list[LbEntry]:
+    """One entry per frontend from several `bpf lb list` views; counts-only ones (from
+    `--frontends` alone) say nothing about backends and are left out."""
+    out: dict[tuple, LbEntry] = {}
+    counts: dict[tuple, LbEntry] = {}
+    for e in entries:
+        key = (e.ip, e.port, e.protocol, e.internal)
+        if e.master is None and not e.slots:
+            counts[key] = e
+        elif key in out:
+            out[key].slots += e.slots
+            out[key].master = out[key].master or e.master
+        else:
+            out[key] = e
+    for key, c in counts.items():
+        for k in (key, (key[0], key[1], "", key[3])):
+            if k in out:
+                out[k].count, out[k].qcount = c.count, c.qcount
+    return list(out.values())
 
 
 def _add_slot(entry: LbEntry, body: str, at: str, line: str) -> None:

@@ -78,7 +78,10 @@ def shares(fe: Frontend, node: Node | None, per_packet: bool = False,
 def frontend_from_lb(entry: LbEntry, backends: dict[int, Backend]) -> Frontend:
     """A frontend known only from the BPF map: every listed backend slot is selectable."""
     flags = entry.flags
-    bes = [Backend(s.ip, s.port, s.protocol) for s in entry.slots if s.ip]
+    def state(slot: int | None) -> str:  # slots past COUNT hold the inactive backends
+        return "inactive" if entry.count is not None and slot and slot > entry.count \
+            else "active"
+    bes = [Backend(s.ip, s.port, s.protocol, state(s.slot)) for s in entry.slots if s.ip]
     return Frontend(entry.ip, entry.port, entry.protocol,
                     flags[0] if flags else "ClusterIP",
                     "internal" if entry.internal else "external", bes, entry.revnat,
