@@ -34,9 +34,10 @@ _BASE = {
     "-o": "-o", "--out-interface": "-o",
     "-f": "-f", "--fragment": "-f",
 }
-# Unrolled (`[^"\\]*(?:\\.[^"\\]*)*`) so a 10 MB comment is one scan, not one regex
-# stack frame per character.
-_TOKEN = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"|(\S+)')
+_TOKEN = re.compile(r'"((?:\\.|[^"\\])*)"|(\S+)')
+# The same, unrolled (`[^"\\]*(?:\\.[^"\\]*)*`): a 10 MB comment is one scan instead of a
+# regex stack frame per character, but short lines tokenise faster with the plain form.
+_LONG_TOKEN = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"|(\S+)')
 
 
 class Option(NamedTuple):
@@ -97,7 +98,7 @@ def tokenize(line: str) -> tuple[list[str], set[int]]:
         return line.split(), set()
     tokens: list[str] = []
     quoted: set[int] = set()
-    for m in _TOKEN.finditer(line):
+    for m in (_TOKEN if len(line) < 4096 else _LONG_TOKEN).finditer(line):
         if m.group(1) is not None:
             quoted.add(len(tokens))
             tokens.append(m.group(1).replace('\\"', '"').replace("\\\\", "\\"))
