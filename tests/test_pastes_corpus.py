@@ -50,6 +50,9 @@ def test_47533_fragment_old_masquerade_in_kube_services_and_affinity():
     assert any("not in the paste (KUBE-NODEPORTS, KUBE-SEP-6FZLAPUAJM6OKK6A" in m
                for m in messages)
     assert "NoServiceRule" not in codes(t)  # a rule did capture it; the paste is partial
+    # the capture is the jump to the service chain, not old kube-proxy's masquerade mark
+    assert t.capture[-1].rule.endswith("-j KUBE-SVC-NPX46M4PTMTKRN6Y")
+    assert "not in the paste" in t.findings[0].message  # why no endpoint is known, first
     dns = dp.walk(Packet("10.244.1.5", "10.96.0.10", 53, "udp"))
     assert [p.masquerade for p in dns] == [False]
     assert "jump KUBE-SVC-TCOU7JCQXEZGVUNU" in [s.effect for s in dns[0].steps]

@@ -97,11 +97,14 @@ class IptablesDataplane:
         trace.findings[:0] = [finding("PasteAssumption", a) for a in self.ruleset.assumptions]
         if trace.verdict == "no-match":
             why = unreached(self.ruleset, paths, packet)
-            if why is not None or (step is not None and any(
-                    "is not in the dump" in n for n in trace.notes)):
+            cut = step is not None and any("is not in the dump" in n for n in trace.notes)
+            if why is not None or cut:
                 # Not "nothing captures it": the chains were never reached, or a partial
-                # paste lacks the chains the capture rule leads to (a PasteAssumption says).
-                trace.findings = [f for f in trace.findings if f.code != "NoServiceRule"]
+                # paste lacks the chains the capture rule leads to (a PasteAssumption says,
+                # and goes first: it is why no endpoint is known).
+                trace.findings = sorted(
+                    (f for f in trace.findings if f.code != "NoServiceRule"),
+                    key=lambda f: not (cut and "not in the paste" in f.message))
             if why is not None:
                 trace.findings.append(why)
         pinned = [s for c in trace.candidates for s in c.steps if "--rcheck" in s.rule]
@@ -274,6 +277,8 @@ def _capture_step(paths: list[Path]) -> Step | None:
         for step in p.steps:
             if step.chain not in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"):
                 continue
+            if step.effect == "jump KUBE-MARK-MASQ":
+                continue  # old kube-proxy marked for masquerade in KUBE-SERVICES itself
             comment = parse_rule(step.table, step.rule).comment
             if comment and (comment.endswith(CAPTURE_SUFFIXES) or "endpoints" in comment
                             or step.chain == "KUBE-NODEPORTS"):
