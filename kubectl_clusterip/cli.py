@@ -141,7 +141,8 @@ def live_setup(live: dict, target: str | None, namespace: str | None, node: str 
     return flags, LiveOptions(target, live["client_pod"], node, source_ip, live["image"],
                               live["via"], live["dns_server"], live["pod_timeout"],
                               live["conntrack"], dns, live["debug_namespace"],
-                              live.get("probe") or 0, int(live.get("probe_timeout") or 2))
+                              live.get("probe") or 0, int(live.get("probe_timeout") or 2),
+                              bool(live.get("probe_in_pod")))
 
 
 def fleet_options(f):
@@ -163,6 +164,9 @@ def fleet_selector(all_nodes: bool, node_selector: str | None) -> str | bool | N
 
 def probe_options(f):
     """--probe [N]: real connections from the client's position, beside the prediction."""
+    f = click.option("--probe-in-pod", is_flag=True, help="With --from POD: probe from "
+                     "inside that pod, as an ephemeral container (it stays in the pod's spec "
+                     "until the pod is deleted).")(f)
     f = click.option("--probe-timeout", type=click.IntRange(1, 30), default=2,
                      show_default=True, metavar="SECONDS",
                      help="Per probe connection: how long to wait for an answer.")(f)
@@ -336,6 +340,8 @@ def trace(target: str | None, rules_files: tuple[str, ...], snapshot_dir: str | 
                       None, node_ips)
         sys.exit(fleetcli.trace_all(*live_setup(live, target, namespace, None, None, False),
                                     req, sel, parallel, output, bool(live["quiet"])))
+    if live["probe_in_pod"] and not (live["probe"] and live["client_pod"]):
+        raise ClusterIPError("--probe-in-pod needs --probe and --from POD")
     if live["probe"] and (rules_files or snapshot_dir or to):
         raise ClusterIPError("--probe needs a live cluster and a TARGET service (a snapshot "
                              "replays the observations `capture --probe` kept)")

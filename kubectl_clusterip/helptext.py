@@ -89,6 +89,9 @@ HELP = {
         '                              happened with the prediction.  [1<=x<=500]\n'
         '  --probe-timeout SECONDS     Per probe connection: how long to wait for an\n'
         '                              answer.  [default: 2; 1<=x<=30]\n'
+        '  --probe-in-pod              With --from POD: probe from inside that pod, as\n'
+        "                              an ephemeral container (it stays in the pod's\n"
+        '                              spec until the pod is deleted).\n'
         '  -h, --help                  Show this message and exit.'
     ),
     'completion': (
@@ -254,6 +257,9 @@ HELP = {
         '                                 [1<=x<=500]\n'
         '  --probe-timeout SECONDS        Per probe connection: how long to wait for an\n'
         '                                 answer.  [default: 2; 1<=x<=30]\n'
+        '  --probe-in-pod                 With --from POD: probe from inside that pod,\n'
+        '                                 as an ephemeral container (it stays in the\n'
+        "                                 pod's spec until the pod is deleted).\n"
         '  -h, --help                     Show this message and exit.'
     ),
 }

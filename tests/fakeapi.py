@@ -19,6 +19,8 @@ The websocket upgrades of pods/<name>/exec and pods/<name>/portforward are spoke
         fc.kubelet = lambda pod: (argv, pod_ip) | None   # run the pod's container for real:
                                                 # Running while argv runs, its output the log,
                                                 # DELETE kills it (None: the scripted life)
+        fc.kubelet_ephemeral = lambda pod, container: (argv, pod_ip) | None  # the same for a
+                                                # PATCH of pods/NAME/ephemeralcontainers
         fc.write_kubeconfig(tmp_path / "kubeconfig")
         fc.exec_for = lambda pod, command: (0, "stdout", "stderr")  # or raise RuntimeError,
                                                 # DropConnection
@@ -106,6 +108,8 @@ class FakeCluster:
         self.debug_pod: str | Callable[[dict], str] = "succeed"
         self.log_for: Callable[[dict], str] = lambda pod: ""
         self.kubelet: Callable[[dict], tuple[list[str], str] | None] | None = None
+        self.kubelet_ephemeral: Callable[[dict, dict], tuple[list[str], str] | None] | None \
+            = None  # (pod, ephemeral container) -> (argv, pod_ip) to run it for real
         self._procs: dict[tuple[str, str], tuple] = {}  # (ns, name) -> (Popen, log path)
         self.polls_until_done = 2
         self.created: list[dict] = []
@@ -210,6 +214,9 @@ class FakeCluster:
             def do_DELETE(self) -> None:
                 self._handle("DELETE")
 
+            def do_PATCH(self) -> None:
+                self._handle("PATCH")
+
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: object, client_address: object) -> None:
                 import sys
@@ -247,17 +254,20 @@ class FakeCluster:
         if not rest or rest[0] not in PLURALS:
             return 404, status(404, "NotFound", f"the server could not find {path}")
         plural, name, sub = rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
-        if sub not in (None, "log"):  # exec, portforward: websockets are not spoken here
+        if sub not in (None, "log", "ephemeralcontainers"):  # exec, portforward: websockets
             return 400, status(400, "BadRequest", f"{sub}: upgrade request required")
-        verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete"}[method]
+        verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete",
+                "PATCH": "patch"}[method]
         if sub == "log":
             verb = "get"
-        resource = f"{plural}/log" if sub == "log" else plural
+        resource = f"{plural}/{sub}" if sub else plural
         if (verb, resource, ns) in self.forbidden or (verb, resource, "") in self.forbidden:
             where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
             return 403, status(403, "Forbidden", f'{resource} is forbidden: User "fake" cannot '
                                f'{verb} resource "{resource}" in API group ""{where}')
         with self._lock:
+            if method == "PATCH" and sub == "ephemeralcontainers":
+                return self._ephemeral(ns, name or "", body or {})
             if method == "POST":
                 return self._create(plural, ns, body or {})
             if method == "DELETE":
@@ -265,7 +275,9 @@ class FakeCluster:
                 if obj is None:
                     return 404, status(404, "NotFound", f'{plural} "{name}" not found')
                 self.deleted.append(f"{ns}/{name}")
-                self._stop((ns, name or ""))
+                for key in [k for k in self._procs if k[0] == ns and (
+                        k[1] == name or k[1].startswith(f"{name}/"))]:
+                    self._stop(key)
                 return 200, obj
             if name is None:
                 items = [o for (p, n, _), o in sorted(self.objects.items())
@@ -273,7 +285,9 @@ class FakeCluster:
                          and matches(o["metadata"].get("labels") or {},
                                      query.get("labelSelector"))]
                 for o in items:  # the kubelets move on between two lists, as between gets
-                    if plural == "pods" and o["metadata"]["name"].startswith("clusterip-"):
+                    if (o["metadata"].get("namespace"), o["metadata"]["name"]) in self._procs:
+                        self._running(o)
+                    elif plural == "pods" and o["metadata"]["name"].startswith("clusterip-"):
                         self._advance(o)
                 items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
                          for o in items]
@@ -283,6 +297,11 @@ class FakeCluster:
             obj = self.objects.get((plural, ns, name))
             if obj is None:
                 return 404, status(404, "NotFound", f'{plural} "{name}" not found')
+            if sub == "log" and (ns, f"{name}/{query.get('container')}") in self._procs:
+                with open(self._procs[(ns, f"{name}/{query['container']}")][1],
+                          errors="replace") as f:
+                    return 200, f.read()
+            self._ephemeral_status(obj)
             if sub == "log" and (ns, name) in self._procs:
                 with open(self._procs[(ns, name)][1], errors="replace") as f:
                     return 200, f.read()
@@ -327,6 +346,38 @@ class FakeCluster:
         if run is not None:
             self._start((ns, md["name"]), *run)
         return 201, body
+
+    def _ephemeral(self, ns: str, name: str, body: dict) -> tuple[int, dict]:
+        """PATCH pods/NAME/ephemeralcontainers: new ones are added (and run, with a kubelet);
+        none is ever removed or changed, as the API server enforces."""
+        obj = self.objects.get(("pods", ns, name))
+        if obj is None:
+            return 404, status(404, "NotFound", f'pods "{name}" not found')
+        have = obj["spec"].setdefault("ephemeralContainers", [])
+        for c in (body.get("spec") or {}).get("ephemeralContainers") or []:
+            if any(h["name"] == c["name"] for h in have):
+                continue
+            have.append(c)
+            run = self.kubelet_ephemeral(obj, c) if self.kubelet_ephemeral else None
+            if run is not None:
+                self._start((ns, f"{name}/{c['name']}"), *run)
+        self._ephemeral_status(obj)
+        return 200, obj
+
+    def _ephemeral_status(self, pod: dict) -> None:
+        md = pod.get("metadata") or {}
+        out = []
+        for c in (pod.get("spec") or {}).get("ephemeralContainers") or []:
+            entry = self._procs.get((md.get("namespace"), f"{md.get('name')}/{c['name']}"))
+            if entry is None:
+                continue
+            rc = entry[0].poll()
+            out.append({"name": c["name"], "image": c.get("image"), "ready": False,
+                        "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}
+                        if rc is None else {"terminated": {
+                            "exitCode": rc, "reason": "Completed" if rc == 0 else "Error"}}})
+        if out:
+            pod.setdefault("status", {})["ephemeralContainerStatuses"] = out
 
     # -- the fake kubelet: a pod's container as a real process ------------------------------
     def _start(self, key: tuple[str, str], argv: list[str], pod_ip: str) -> None:

@@ -327,6 +327,8 @@ def test_probe_needs_a_live_cluster_and_a_service() -> None:
     assert r.exit_code == 2 and "drop --probe" in r.stderr, r.stderr
     r = CliRunner().invoke(main, ["trace", "web", "--probe", "501"])
     assert r.exit_code == 2 and "501" in r.stderr
+    r = CliRunner().invoke(main, ["trace", "web", "--probe", "--probe-in-pod"])
+    assert r.exit_code == 2 and "--probe-in-pod needs --probe and --from POD" in r.stderr
 
 
 def test_every_probe_code_is_produced() -> None:

@@ -88,11 +88,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
              "--no-resolv", "--no-hosts", "--listen-address=10.244.1.2", "--bind-interfaces",
              "--port=53", "--user=root", "--pid-file=", "--conf-file=/dev/null", *answers],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        etc = Path("/etc/netns") / lab.ns("probe")
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(
-            "search default.svc.cluster.local svc.cluster.local cluster.local\n"
-            "nameserver 10.96.0.10\noptions ndots:5 timeout:1 attempts:1\n")
+        etcs = [Path("/etc/netns") / lab.ns(p) for p in ("probe", "a")]
+        for etc in etcs:  # the kubelet's resolv.conf for the probe pod and the client pod
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text(
+                "search default.svc.cluster.local svc.cluster.local cluster.local\n"
+                "nameserver 10.96.0.10\noptions ndots:5 timeout:1 attempts:1\n")
         try:
             services = [web, refuse, drop, far, stale_rules, sticky]
             lab.load_iptables(expected_rules(
@@ -125,6 +126,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
                 return ["ip", "netns", "exec", lab.ns(ns), "env", *env(p), *c["command"]], ip
 
             fc.kubelet = kubelet
+            fc.kubelet_ephemeral = lambda p, c: (
+                ["ip", "netns", "exec", lab.ns(p["metadata"]["name"]), "env",
+                 *[f"{e['name']}={e['value']}" for e in c["env"]], *c["command"]],
+                p["status"]["podIP"])
             fc.log_for = lambda p: lab.run("node", "env", *env(p), "sh", "-c", SCRIPT,
                                            timeout=60)
             fc.port_forward_to = lambda p, port: ("127.0.0.1", tool_dns.port)
@@ -133,7 +138,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         finally:
             dnsmasq.terminate()
             dnsmasq.wait(5)
-            shutil.rmtree(etc, ignore_errors=True)
+            for etc in etcs:
+                shutil.rmtree(etc, ignore_errors=True)
 
 
 def probe(cluster, target: str, n: int, *extra: str) -> tuple[int, dict, str]:
@@ -255,6 +261,22 @@ def test_session_affinity_pins_every_connection(cluster) -> None:
     eps = {c["endpoint"] for c in obs["connections"] if c["path"] == "service"}
     assert len(eps) == 1, obs["endpoints"]
     assert "ImplausibleSplit" not in codes(doc) and rc == 0, doc["findings"]
+
+
+def test_probe_in_the_client_pod_as_an_ephemeral_container(cluster) -> None:
+    _lab, fc, _ = cluster
+    rc, doc, err = probe(cluster, "web", 20, "--probe-in-pod")
+    obs = doc["observed"]
+    assert rc == 0 and errors(doc) == set(), doc["findings"]
+    assert obs["probe"]["mode"] == "ephemeral" and obs["probe"]["ip"] == "10.244.1.5"
+    assert {c["outcome"] for c in obs["connections"]} == {"connected"}
+    assert {c["endpoint"] for c in obs["connections"] if c["path"] == "service"} <= {
+        "10.244.1.6:8080", "10.244.1.7:8080"}
+    assert "stays in the pod's spec until the pod is deleted" in err
+    assert any("stays in the pod's spec" in n for n in obs["notes"])
+    client = fc.objects[("pods", "default", "a")]
+    assert [c["name"] for c in client["spec"]["ephemeralContainers"]] == [
+        obs["probe"]["container"]]
 
 
 def test_ctrl_c_leaves_nothing(cluster) -> None:

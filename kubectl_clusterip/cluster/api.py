@@ -171,6 +171,12 @@ class Api:
             return False
         return True
 
+    def add_ephemeral_container(self, name: str, namespace: str, container: dict) -> dict:
+        """`kubectl debug POD`'s request: one more ephemeral container (never removable)."""
+        return self._json(f"patch pods/ephemeralcontainers in namespace {namespace}",
+                          self.core().patch_namespaced_pod_ephemeralcontainers, name,
+                          namespace, {"spec": {"ephemeralContainers": [container]}})
+
     def pod_log(self, name: str, namespace: str, container: str | None = None) -> str:
         kwargs = {"container": container} if container else {}
         resp = self._call(f"get pods/log in namespace {namespace}",

@@ -44,6 +44,7 @@ class LiveOptions:
     debug_namespace: str = debugpod.NAMESPACE
     probe: int = 0  # --probe N: real connections from the client's position (0: none)
     probe_timeout: int = 2  # seconds per probe connection
+    probe_in_pod: bool = False  # the probe as an ephemeral container of the --from pod
 
 
 def _labels(o: dict) -> dict:
@@ -343,8 +344,12 @@ def _capture(flags: ConnectionFlags, opts: LiveOptions, progress: Progress,
         client_ns = client_pod["metadata"]["namespace"] if client_pod else kc.namespace
         plan = probe_run.plan(svc, slices, port_sel, client_ns, node, opts.probe,
                               opts.probe_timeout, opts.image, domain)
-        log, events, meta["probe"] = probe_run.run(api, plan, opts.pod_timeout, progress,
-                                                   opts.debug_namespace)
+        if opts.probe_in_pod and client_pod is not None:
+            log, events, meta["probe"] = probe_run.run_in_pod(
+                api, plan, client_pod, opts.pod_timeout, progress, opts.debug_namespace)
+        else:
+            log, events, meta["probe"] = probe_run.run(api, plan, opts.pod_timeout, progress,
+                                                       opts.debug_namespace)
         files[probe_apply.PROBE_LOG], files[probe_apply.EVENTS] = log, events
     return Snapshot(meta, objects, {node: NodeDumps(node, files)},
                     f"context {kc.context}")

@@ -33,7 +33,7 @@ MARK = "==== kubectl-clusterip"
 # `run FILE CMD…` prints CMD's output as section FILE (parse_log reads it back).
 RUN_SECTION = r"""
 M='==== kubectl-clusterip'
-T=${TMPDIR:-/tmp}
+T=$(mktemp -d 2>/dev/null) || T=${TMPDIR:-/tmp}  # its own: /tmp may be shared (exec)
 run() {
   f=$1; shift
   echo "$M BEGIN $f ===="
@@ -74,6 +74,7 @@ run conntrack-stats.txt conntrack -S
 run kube-proxy-healthz.json curl -s -m 2 http://127.0.0.1:10256/healthz
 run kube-proxy-metrics.txt sh -c 'curl -sf -m 2 http://127.0.0.1:10249/metrics |
   grep "^kubeproxy_sync_proxy_rules_"'
+rm -f "$T/kc.out" "$T/kc.err"; [ "$T" = "${TMPDIR:-/tmp}" ] || rmdir "$T" 2>/dev/null
 echo "$M DONE ===="
 exit 0
 """

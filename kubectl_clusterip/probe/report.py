@@ -69,6 +69,6 @@ def lines(obs: dict | None, step: str, predicted: list[str]) -> list[str]:
         for r in rows:
             ok = sum((r.get("outcomes") or {}).get(o, 0) for o in ("connected", "answered"))
             if r.get("connections") and obs.get("method") != "datagram":
-                out.append(f"{PAD}{r['endpoint']}: {ok}/{r['connections']} replies came back "
-                           "through conntrack")
+                out.append(f"{PAD}{r['endpoint']}: {ok}/{r['connections']} connection(s) "
+                           "answered, the reply un-NATed by conntrack")
     return out

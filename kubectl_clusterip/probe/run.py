@@ -170,3 +170,60 @@ def run(api: Api, p: Plan, pod_timeout: float, progress: Progress,
             "paceSeconds": script.PACE, "timeoutSeconds": p.timeout,
             "endpoints": list(p.endpoints)}
     return log, text, meta
+
+
+def run_in_pod(api: Api, p: Plan, client: dict, pod_timeout: float, progress: Progress,
+               debug_namespace: str = debugpod.NAMESPACE) -> tuple[str, str, dict]:
+    """--probe-in-pod: the probe as an ephemeral container of the client pod (its exact
+    network namespace), the watcher as with a probe pod. An ephemeral container can never
+    be removed: it stays in the pod's spec (stopped, once its bounded run ends) until the
+    pod is deleted, and the report says so."""
+    pod_name, ns = client["metadata"]["name"], client["metadata"]["namespace"]
+    base = 20000 + secrets.randbelow(35000)
+    budget = pod_timeout + p.seconds()
+    ct = f"-f ipv6 -d {p.cluster_ip}" if ":" in p.cluster_ip else f"-d {p.cluster_ip}"
+    watcher = script.watch_pod(p.node, p.image, f"{ct} -p {p.protocol}", int(budget) + 60,
+                               debug_namespace)
+    container = script.probe_container(p.image, p.env(base))
+    name = container["name"]
+    with watching(api, watcher, pod_timeout, progress) as events:
+        progress(f"warning: adding ephemeral container {name} to pod {ns}/{pod_name}: it "
+                 "stays in the pod's spec until the pod is deleted (ephemeral containers "
+                 "cannot be removed)")
+        api.add_ephemeral_container(pod_name, ns, container)
+        start, poll, said = time.monotonic(), 0.2, ""
+        while True:
+            current = api.get("Pod", pod_name, ns)
+            if current is None:
+                raise podlife.PodFailed(f"pod {ns}/{pod_name} disappeared during the probe")
+            st = next((c for c in (current.get("status") or {}).get(
+                "ephemeralContainerStatuses") or [] if c.get("name") == name), {})
+            state = st.get("state") or {}
+            if state.get("terminated"):
+                break
+            waiting = (state.get("waiting") or {}).get("reason", "")
+            if waiting in podlife.IMAGE_ERRORS:
+                raise podlife.PodFailed(f"ephemeral container {name}: {waiting}: cannot pull "
+                                        f"{p.image}; pass --image with an image the node can "
+                                        "pull")
+            what = "running" if state.get("running") else waiting or "waiting"
+            if what != said:
+                progress(f"ephemeral container {name}: {what}")
+                said = what
+            if time.monotonic() - start >= budget:
+                raise podlife.PodFailed(f"ephemeral container {name} still {what} after "
+                                        f"{budget:g}s; it stops by itself after its bounded "
+                                        "run")
+            time.sleep(poll)
+            poll = min(poll * 1.5, 2.0)
+        log = api.pod_log(pod_name, ns, container=name)
+        time.sleep(0.5)  # the last events reach the watcher's log
+        text = events()
+    meta = {"pod": f"{ns}/{pod_name}", "mode": "ephemeral", "container": name,
+            "node": p.node, "ip": _pod_ip(current), "image": p.image, "target": p.target,
+            "method": p.method, "name": p.name, "requested": p.connections,
+            "paceSeconds": script.PACE, "timeoutSeconds": p.timeout,
+            "endpoints": list(p.endpoints),
+            "notes": [f"the probe ran as ephemeral container {name} of {ns}/{pod_name}; it "
+                      "stays in the pod's spec until the pod is deleted"]}
+    return log, text, meta

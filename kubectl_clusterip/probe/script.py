@@ -120,6 +120,17 @@ def probe_pod(namespace: str, node: str, image: str, env: dict[str, str],
     return pod
 
 
+def probe_container(image: str, env: dict[str, str]) -> dict:
+    """The probe as an ephemeral container (no resources or ports allowed there): the
+    client pod's own network namespace and resolv.conf, non-root, no capabilities."""
+    return {"name": f"clusterip-probe-{secrets.token_hex(3)[:5]}", "image": image,
+            "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", PROBE_SCRIPT],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]}}}
+
+
 def watch_pod(node: str, image: str, ct_args: str, deadline: int,
               namespace: str = debugpod.NAMESPACE) -> dict:
     """The node debug pod (debugpod.pod_spec) running conntrack's NEW events instead of
