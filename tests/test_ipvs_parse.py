@@ -280,3 +280,15 @@ def test_elisions_in_ipset_save_and_ipvsadm_listings_are_named():
     table = parse_ipvsadm(listed, "ipvs.txt")
     (note,) = table.notes
     assert note.startswith("line 8 elides lines after TCP 10.96.0.10:53")
+
+
+@pytest.mark.parametrize("text, seen", [
+    ("IP Virtual Server version 1.2.1 (size=4096)\nTCP  10.0.0.1:80 rr\nhello there\n"
+     "TCP  10.0.0.2:80 rr\n", "dump:3: not ipvsadm -Ln output: 'hello there'; run `ipvsadm -Ln`"),
+    ("-A -t 10.0.0.1:80 -s rr\nhello there\n",
+     "dump:2: not ipvsadm-save output: 'hello there'; run `ipvsadm-save -n`"),
+])
+def test_unusable_ipvs_paste_says_what_was_seen_and_what_to_run(text: str, seen: str):
+    with pytest.raises(ClusterIPError) as e:
+        parse_ipvsadm(text)
+    assert seen in str(e.value) and "\n" not in str(e.value)

@@ -79,6 +79,31 @@ def check_rule(expr: Any) -> list:
     return expr
 
 
+def check_values(expr: list) -> list:
+    """The values of a rule rule_text built (its shapes and types are right by construction):
+    addresses, ports, marks, numgen ranges and NAT targets, as check_rule checks them."""
+    for j, s in enumerate(expr):
+        (kind, v), = s.items()
+        try:
+            if kind == "match":
+                domain = _domain(v["left"])
+                if domain is not None:
+                    right = v["right"]
+                    if type(right) is str:
+                        if right[:1] != "@" and domain != "proto" and not (
+                                domain == "ipv4" and _IPV4.fullmatch(right)):
+                            _in(right, domain)
+                    else:
+                        _rhs(right, domain)
+            elif kind == "vmap" or kind == "mangle":
+                _STATEMENTS[kind](v)
+            elif kind == "dnat" or kind == "snat":
+                _nat(v)
+        except BadValue as e:
+            raise e.at(f"[{j}].{kind}") from None
+    return expr
+
+
 def _obj(v: Any, *required: str) -> dict:
     if type(v) is not dict:
         raise BadValue("expected an object", v)

@@ -18,8 +18,8 @@ from kubectl_clusterip.model import ClusterIPError
 from kubectl_clusterip.nftables.boundary import (
     BadValue,
     check_element,
-    check_rule,
     check_rule_object,
+    check_values,
     shown,
     type_domain,
 )
@@ -299,7 +299,7 @@ class Chain:
                     line = line[: m.start()].rstrip()
                 expr, comment = parse_rule_text(line)
                 try:
-                    check_rule(expr)
+                    check_values(expr)
                 except BadValue as err:
                     n = src.count("\n", 0, s) + k + 1
                     raise err.error(f"{self.source or 'nft ruleset'} line {n}", path=False) \
