@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kubectl_clusterip.cilium.parse import parse_bpf_lb, parse_ct, parse_status
+from kubectl_clusterip.cilium.parse import parse_bpf_lb
+from kubectl_clusterip.cilium.status import parse_ct, parse_status
 from kubectl_clusterip.cli import main
 from kubectl_clusterip.dumps import build_dataplanes, detect_format
 from kubectl_clusterip.model import ClusterIPError, Node, Packet

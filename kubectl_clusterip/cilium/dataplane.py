@@ -35,10 +35,9 @@ from kubectl_clusterip.cilium.model import (
 from kubectl_clusterip.cilium.parse import (
     merge_lb,
     parse_bpf_lb,
-    parse_ct,
     parse_services,
-    parse_status,
 )
+from kubectl_clusterip.cilium.status import parse_ct, parse_status
 from kubectl_clusterip.model import (
     ClusterIPError,
     Node,
