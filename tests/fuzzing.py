@@ -162,7 +162,7 @@ def mutate_text(text: str, pick: Pick) -> str:
 def _paths(doc: Any, limit: int = 5000) -> list[tuple[Any, Any]]:
     """(container, key) of every value inside `doc`, breadth first, at most `limit`."""
     out: list[tuple[Any, Any]] = []
-    todo = [doc]
+    todo = [doc] if isinstance(doc, (dict, list)) else []
     while todo and len(out) < limit:
         node = todo.pop(0)
         keys = list(node) if isinstance(node, dict) else range(len(node))

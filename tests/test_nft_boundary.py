@@ -72,6 +72,8 @@ def _error(text: str, source: str = "dump.json") -> str:
     (lambda r: r["expr"].append({"match": {"op": "~", "left": 1, "right": 1}}),
      "match.op", "unknown operator"),
     (lambda r: r["expr"].append(["not", "a", "statement"]), "expr[", "one key"),
+    (lambda r: r["expr"].append({"match": {"op": [[]], "left": 1, "right": 1}}),
+     "match.op", "unknown operator: [[]]"),  # unhashable: found by fuzzing
 ])
 def test_one_corrupt_rule_in_compact_json_names_path_and_value(corrupt, path, words):
     items = _items()
@@ -86,6 +88,9 @@ def test_corrupt_objects_and_elements_name_their_json_path():
     i = _first(items, "chain")
     items[i]["chain"]["prio"] = [1]
     assert f"nftables[{i}].chain.prio: prio should be int or str" in _error(_compact(items))
+    items = _items()
+    items[i]["chain"]["family"] = {"ip": 1}  # unhashable: found by fuzzing
+    assert f"nftables[{i}].chain.family: " in _error(_compact(items))
 
     items = _items()
     i = next(i for i, it in enumerate(items) if it.get("map", {}).get("name") == "service-ips")

@@ -113,6 +113,11 @@ def _obj(v: Any, *required: str) -> dict:
     return v
 
 
+def _one_of(value: Any, allowed: frozenset) -> bool:
+    """Membership that a list or a mapping (unhashable, from a corrupt dump) cannot crash."""
+    return type(value) is str and value in allowed
+
+
 def _field(v: dict, key: str, check: Any) -> None:
     try:
         check(v[key])
@@ -123,7 +128,7 @@ def _field(v: dict, key: str, check: Any) -> None:
 def _match(v: Any) -> None:
     if type(v) is not dict or "left" not in v or "right" not in v:
         raise BadValue("a match has a left and a right side", v)
-    if v.get("op", "==") not in MATCH_OPS:
+    if not _one_of(v.get("op", "=="), MATCH_OPS):
         raise BadValue("unknown operator", v.get("op")).at(".op")
     left, domain = v["left"], None
     kind, x = next(iter(left.items())) if type(left) is dict and len(left) == 1 else ("", None)
