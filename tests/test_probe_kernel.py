@@ -293,3 +293,17 @@ def test_ctrl_c_leaves_nothing(cluster) -> None:
         capture_snapshot(flags, opts, progress)
     assert fc.pods_left() == [] and fc.processes_left() == []
     assert time.monotonic() - started < 30
+
+
+def test_ctrl_c_in_ephemeral_mode_says_what_stays(cluster) -> None:
+    _lab, fc, kubeconfig = cluster
+
+    def progress(msg: str) -> None:
+        if msg.startswith("ephemeral container clusterip-probe-") and msg.endswith("running"):
+            raise KeyboardInterrupt
+
+    flags = ConnectionFlags(str(kubeconfig), None, None, None, None, None)
+    opts = LiveOptions("web", "default/a", probe=10, probe_timeout=1, probe_in_pod=True)
+    with pytest.raises(ClusterIPError, match="stays in pod default/a's spec"):
+        capture_snapshot(flags, opts, progress)
+    assert fc.pods_left() == []  # the watcher is gone; the container ends by itself

@@ -191,32 +191,13 @@ def run_in_pod(api: Api, p: Plan, client: dict, pod_timeout: float, progress: Pr
                  "stays in the pod's spec until the pod is deleted (ephemeral containers "
                  "cannot be removed)")
         api.add_ephemeral_container(pod_name, ns, container)
-        start, poll, said = time.monotonic(), 0.2, ""
-        while True:
-            current = api.get("Pod", pod_name, ns)
-            if current is None:
-                raise podlife.PodFailed(f"pod {ns}/{pod_name} disappeared during the probe")
-            st = next((c for c in (current.get("status") or {}).get(
-                "ephemeralContainerStatuses") or [] if c.get("name") == name), {})
-            state = st.get("state") or {}
-            if state.get("terminated"):
-                break
-            waiting = (state.get("waiting") or {}).get("reason", "")
-            if waiting in podlife.IMAGE_ERRORS:
-                raise podlife.PodFailed(f"ephemeral container {name}: {waiting}: cannot pull "
-                                        f"{p.image}; pass --image with an image the node can "
-                                        "pull")
-            what = "running" if state.get("running") else waiting or "waiting"
-            if what != said:
-                progress(f"ephemeral container {name}: {what}")
-                said = what
-            if time.monotonic() - start >= budget:
-                raise podlife.PodFailed(f"ephemeral container {name} still {what} after "
-                                        f"{budget:g}s; it stops by itself after its bounded "
-                                        "run")
-            time.sleep(poll)
-            poll = min(poll * 1.5, 2.0)
-        log = api.pod_log(pod_name, ns, container=name)
+        try:
+            current, log = _wait_ephemeral(api, pod_name, ns, name, p.image, budget, progress)
+        except KeyboardInterrupt:  # the watcher is deleted on the way out; the container
+            # cannot be: say so instead of "nothing was left"
+            raise ClusterIPError(f"interrupted; ephemeral container {name} stays in pod "
+                                 f"{ns}/{pod_name}'s spec and stops by itself after its "
+                                 f"{p.connections} connection(s)") from None
         time.sleep(0.5)  # the last events reach the watcher's log
         text = events()
     meta = {"pod": f"{ns}/{pod_name}", "mode": "ephemeral", "container": name,
@@ -227,3 +208,31 @@ def run_in_pod(api: Api, p: Plan, client: dict, pod_timeout: float, progress: Pr
             "notes": [f"the probe ran as ephemeral container {name} of {ns}/{pod_name}; it "
                       "stays in the pod's spec until the pod is deleted"]}
     return log, text, meta
+
+
+def _wait_ephemeral(api: Api, pod_name: str, ns: str, name: str, image: str, budget: float,
+                    progress: Progress) -> tuple[dict, str]:
+    """Poll the pod until the ephemeral container has terminated; its final pod and log."""
+    start, poll, said = time.monotonic(), 0.2, ""
+    while True:
+        current = api.get("Pod", pod_name, ns)
+        if current is None:
+            raise podlife.PodFailed(f"pod {ns}/{pod_name} disappeared during the probe")
+        st = next((c for c in (current.get("status") or {}).get(
+            "ephemeralContainerStatuses") or [] if c.get("name") == name), {})
+        state = st.get("state") or {}
+        if state.get("terminated"):
+            return current, api.pod_log(pod_name, ns, container=name)
+        waiting = (state.get("waiting") or {}).get("reason", "")
+        if waiting in podlife.IMAGE_ERRORS:
+            raise podlife.PodFailed(f"ephemeral container {name}: {waiting}: cannot pull "
+                                    f"{image}; pass --image with an image the node can pull")
+        what = "running" if state.get("running") else waiting or "waiting"
+        if what != said:
+            progress(f"ephemeral container {name}: {what}")
+            said = what
+        if time.monotonic() - start >= budget:
+            raise podlife.PodFailed(f"ephemeral container {name} still {what} after "
+                                    f"{budget:g}s; it stops by itself after its bounded run")
+        time.sleep(poll)
+        poll = min(poll * 1.5, 2.0)
