@@ -16,6 +16,7 @@ CODES: dict[str, tuple[str, str]] = {
     "NoLocalEndpointsDrop": ("error", "dnat"),
     "DroppedByRule": ("error", "rules"),
     "PartialDispatch": ("error", "dnat"),
+    "DroppedAfterDnat": ("error", "forward"),  # warning when some candidates get through
     "UndecidedMatch": ("warning", "rules"),
     # from reading a partial paste (iptables/shapes.py)
     "PasteAssumption": ("warning", "rules"),

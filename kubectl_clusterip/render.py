@@ -43,6 +43,9 @@ def _forward_line(t: Trace, c: Candidate, node: Node) -> str:
     ep_node = c.extra.get("node")
     here = node.name or t.extra.get("clientNode")
     route = _forwarding(node, c.ip)
+    by = c.extra.get("droppedBy")
+    if by:
+        route = f"{by['verdict'].upper()} by {by['table']} {by['chain']} (DroppedAfterDnat)"
     if ep_node and here:
         if ep_node == here:
             return f"same node ({ep_node}): {route}"
@@ -136,6 +139,9 @@ def trace_report(t: Trace, node: Node) -> str:
                                       if t.proxy_mode == "cilium" else
                                       "conntrack reverses the NAT for every reply packet:"))
         for c, r in zip(t.candidates, t.reverse):
+            if c.extra.get("droppedBy"):
+                lines.append(f"               {c.endpoint}: none, the request never arrives")
+                continue
             for entry in [r["conntrack"]] if r.get("conntrack") else r.get("ciliumCT") or \
                     [f"{c.endpoint}: socket-LB, no NAT entry"]:
                 lines.append(f"               {entry}")

@@ -11,6 +11,30 @@ from kubectl_clusterip.findings import finding
 from kubectl_clusterip.model import Candidate, Packet, Path, Step, Trace
 
 EPS = 1e-9
+# kube-proxy's (and kubelet's) own filter chains: a DROP/REJECT there keeps its meaning (its
+# service REJECT, KUBE-FIREWALL, KUBE-FORWARD INVALID); any other after DNAT is someone else's.
+KUBE_PROXY_CHAINS = frozenset({"KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS",
+                               "KUBE-FORWARD", "KUBE-FIREWALL", "KUBE-PROXY-FIREWALL",
+                               "KUBE-KUBELET-CANARY", "KUBE-PROXY-CANARY"})
+_KUBE_PROXY_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-",
+                        "KUBE-XLB-", "KUBE-MARK-")
+
+
+def dropped_after_dnat(p: Path) -> dict | None:
+    """Where a DNAT'd path was dropped by a rule outside kube-proxy's chains (a NetworkPolicy
+    agent's or a firewall's), as `droppedBy` data; None for any other path."""
+    if p.verdict not in ("drop", "reject") or p.dnat is None or not p.steps:
+        return None
+    last = p.steps[-1]
+    if "kube-proxy" in last.table or last.chain in KUBE_PROXY_CHAINS \
+            or last.chain.startswith(_KUBE_PROXY_PREFIXES):
+        return None
+    if last.effect in ("drop", "reject"):
+        return {"table": last.table, "chain": last.chain, "rule": last.rule,
+                "verdict": p.verdict}
+    # No rule ended it: a base chain's policy did, after the last rule the packet met.
+    return {"table": last.table, "chain": f"a base chain's policy ({last.chain} last)",
+            "rule": f"policy {p.verdict.upper()} after: {last.rule}", "verdict": p.verdict}
 
 
 def _common_prefix(lists: list[list[Step]]) -> int:
@@ -39,7 +63,10 @@ def assemble(packet: Packet, mode: str, paths: list[Path], service: str | None =
     mass: dict[str, float] = {}
     for p in paths:
         mass[p.verdict] = mass.get(p.verdict, 0.0) + p.probability
-    dnat_paths = [p for p in paths if p.verdict == "dnat" and p.dnat]
+    # A path DNAT'd as kube-proxy programmed it and then dropped by someone else's rule is
+    # still one of kube-proxy's candidates (drift compares DNAT targets); it carries why.
+    blocked = {id(p): d for p in paths if (d := dropped_after_dnat(p)) is not None}
+    dnat_paths = [p for p in paths if p.dnat and (p.verdict == "dnat" or id(p) in blocked)]
     if dnat_paths:
         verdict = "dnat"
     else:
@@ -65,6 +92,9 @@ def assemble(packet: Packet, mode: str, paths: list[Path], service: str | None =
             by_endpoint[p.dnat] = c
         c.probability += p.probability
         c.masquerade = c.masquerade or p.masquerade
+        if id(p) in blocked:
+            by = c.extra.setdefault("droppedBy", {**blocked[id(p)], "probability": 0.0})
+            by["probability"] = round(by["probability"] + p.probability, 10)
     candidates = sorted(by_endpoint.values(), key=lambda c: (c.ip, c.port))
 
     trace = Trace(packet, mode, verdict, candidates, list(shared), service=service)
@@ -117,6 +147,9 @@ def _findings(packet: Packet, trace: Trace, paths: list[Path], mass: dict[str, f
                            f"{(1 - dnat_mass) * 100:.1f}% of new connections to {svc} are not "
                            "DNAT'd to any endpoint", "; ".join(
                                sorted(v for v in mass if v != "dnat"))))
+    dropped = dropped_finding(svc, trace.candidates)
+    if dropped is not None:
+        out.append(dropped)
     for c in trace.candidates:
         if c.ip == packet.src_ip:
             out.append(finding("Hairpin", f"the client {packet.src_ip} is endpoint {c.endpoint}: "
@@ -131,6 +164,31 @@ def _findings(packet: Packet, trace: Trace, paths: list[Path], mass: dict[str, f
         out.append(finding("UndecidedMatch", note,
                            hint="give the node's addresses (--node-ip) or a snapshot"))
     return out
+
+
+def dropped_finding(svc: str, candidates: list[Candidate]):
+    """DNAT'd as programmed, then dropped at forwarding by a rule that is not kube-proxy's:
+    an error when no candidate gets through, a warning when some do."""
+    hit = [c for c in candidates if c.extra.get("droppedBy")]
+    if not hit:
+        return None
+    lost = sum(c.extra["droppedBy"]["probability"] for c in hit)
+    rules = {(b["table"], b["chain"]): b["rule"] for b in (c.extra["droppedBy"] for c in hit)}
+    where = "; ".join(f"{t} {ch}" for t, ch in rules)
+    verbs = {c.extra["droppedBy"]["verdict"] for c in hit}
+    verb = "rejected" if verbs == {"reject"} else "dropped"
+    f = finding("DroppedAfterDnat",
+                f"{svc}: kube-proxy DNATs to {', '.join(c.endpoint for c in hit)} as "
+                f"programmed, then the packet is {verb} by {where}, a rule outside "
+                f"kube-proxy's chains (NetworkPolicy agent or firewall): "
+                f"{lost * 100:.1f}% of new connections fail",
+                " | ".join(rules.values()),
+                "find who owns " + ", ".join(sorted({ch for _, ch in rules}))
+                + " (the CNI's NetworkPolicy agent, a host firewall): "
+                  "kubectl get networkpolicy -A")
+    if lost < sum(c.probability for c in candidates) - EPS:
+        f.severity = "warning"  # some candidates get through
+    return f
 
 
 def _ns(svc: str) -> str:

@@ -160,11 +160,25 @@ def test_no_service_rule_for_an_unknown_address():
 
 
 def test_dropped_by_a_foreign_rule():
+    """Before DNAT (raw PREROUTING): the request never reaches kube-proxy's dispatch."""
+    rule = f"-A PREROUTING -d {S.CIP}/32 -m comment --comment \"site policy\" -j DROP"
+    raw = f"*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rule}\nCOMMIT\n"
+    t = trace(with_dump(S.load("healthy"), lambda text: raw + text))
+    f = the(t, "DroppedByRule")
+    assert f.evidence == rule and "DroppedAfterDnat" not in codes(t)
+
+
+def test_dropped_after_dnat_by_a_foreign_rule():
+    """After DNAT (filter FORWARD, every endpoint): an error at forwarding, not drift.
+    tests/test_dropped_after_dnat.py has the kube-router policy case (some endpoints)."""
     rule = "-A FORWARD -d 10.244.0.0/16 -m comment --comment \"site policy\" -j DROP"
     snap = with_dump(S.load("healthy"),
                      lambda text: text.replace("-A FORWARD ", rule + "\n-A FORWARD ", 1))
-    f = the(trace(snap), "DroppedByRule")
-    assert f.evidence == rule
+    t = trace(snap)
+    f = the(t, "DroppedAfterDnat")
+    assert f.evidence == rule and "dropped by filter FORWARD" in f.message
+    assert {"MissingEndpointRules", "PartialDispatch", "DroppedByRule"}.isdisjoint(codes(t))
+    assert t.extra["summary"].startswith("BROKEN at step 5 (forward): DroppedAfterDnat")
 
 
 def test_undecided_match_bridge_detector():

@@ -62,6 +62,20 @@ def _refine(cl: Cluster, trace: Trace, exp: ExpectedServicePort | None,
                       f"{LABEL_SERVICE_NAME}={metadata(svc).get('name')} -o wide")
 
 
+def _point_at_policy(cl: Cluster, trace: Trace, fwd: list[Finding]) -> None:
+    """A drop after DNAT with NetworkPolicy objects in the snapshot: say whether they deny
+    it (the finding that says which policy) or admit it (then the rule is not theirs)."""
+    drop = next((f for f in trace.findings if f.code == "DroppedAfterDnat"), None)
+    if drop is None or not cl.snap.of_kind("NetworkPolicy"):
+        return
+    denies = [f for f in fwd if f.code.startswith("NetworkPolicyDenies")]
+    if denies:
+        drop.hint = f"{denies[0].code} names the policy: {denies[0].hint}"
+    else:
+        drop.hint += ("; the snapshot's NetworkPolicies admit this path, so the rule is not "
+                      "theirs (a host firewall, or the CNI's own policy objects)")
+
+
 def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
                    nat_chains: set[str] | None = None,
                    has_kube_proxy: bool = True) -> tuple[list[Finding], dict]:
@@ -135,6 +149,7 @@ def diagnose_trace(snap: Snapshot, node: str, trace: Trace,
         found.append(cd)
     fwd, notes, facts = forwarding(cl, trace)
     found += fwd
+    _point_at_policy(cl, trace, fwd)
     if facts:
         extra["nodeFacts"] = facts
     if notes:
