@@ -100,3 +100,25 @@ def test_hairpin_is_masqueraded_to_the_node_gateway(lab: Lab) -> None:
     assert all(r.ok for r in replies)
     # to itself: masqueraded, the pod sees the node's gateway; to web-2: its own address
     assert seen == {("web-1", by_ip[S.WEB1].snat_ip), ("web-2", S.WEB1)}
+
+
+def test_policy_reject_after_dnat_is_named_not_drift(lab: Lab) -> None:
+    """kube-router's policy chains (tests/test_dropped_after_dnat.py) reject web-1 after the
+    DNAT: the diagnosis says so at forwarding, and the kernel agrees: web-1 never answers
+    through the ClusterIP, web-2 does; web-1 is refused even by its own address (the policy,
+    not kube-proxy's rules)."""
+    from test_diagnose import with_dump
+    from test_dropped_after_dnat import POD_FW, kube_router
+    snap = with_dump(S.load("healthy"), kube_router)
+    (t,) = run_trace(snap, Request(target="shop/web"))
+    f = next(f for f in t.findings if f.code == "DroppedAfterDnat")
+    assert f.severity == "warning" and POD_FW in f.message and f"{S.WEB1}:8080" in f.message
+    assert {"MissingEndpointRules", "PartialDispatch"}.isdisjoint(x.code for x in t.findings)
+    lab.reset_rules()
+    lab.conntrack_flush()
+    lab.load_iptables(snap.nodes[S.NODE].files["iptables-save.txt"], 4)
+    got = tally(lab.request("client", S.CIP, 80, count=30, timeout=0.5))
+    assert set(got) == {"web-2", "error:refused"}  # REJECT: ICMP port unreachable
+    assert 5 <= got["web-2"] <= 25  # 50% each way (p < 1e-3 to fall outside)
+    assert tally(lab.request("client", S.WEB2, 8080)) == {"web-2": 1}
+    assert tally(lab.request("client", S.WEB1, 8080, timeout=0.5)) == {"error:refused": 1}
