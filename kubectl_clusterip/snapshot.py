@@ -115,13 +115,18 @@ def node_from_ip_json(name: str | None, addr_json: str, route_json: str) -> Node
     node = name or "node"
     links = ip_json(addr_json, f"{node}/ip-addr.json", IP_ADDR)
     routes = ip_json(route_json, f"{node}/ip-route.json", IP_ROUTE)
+    # null is missing, as in the checks: defaults with `or`, never .get(key, default)
     return Node(name, tuple(
-        Address(a["local"], a.get("prefixlen", 32), link.get("ifname", ""))
+        Address(a["local"], _or(a.get("prefixlen"), 32), link.get("ifname") or "")
         for link in links for a in link.get("addr_info") or []
         if a.get("family") in ("inet", "inet6") and a.get("scope") != "link"
         and a.get("local")), tuple(
-        Route(r.get("dst", "default"), r.get("dev", ""), r.get("prefsrc"), r.get("gateway"))
-        for r in routes if r.get("type", "unicast") == "unicast"))
+        Route(r.get("dst") or "default", r.get("dev") or "", r.get("prefsrc"), r.get("gateway"))
+        for r in routes if (r.get("type") or "unicast") == "unicast"))
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def ip_json(text: str, where: str, check: Check) -> list[dict]:

@@ -131,3 +131,13 @@ def test_the_bundled_snapshots_pass():
         snap = load_snapshot(str(case))
         for node in snap.nodes.values():
             node.node()
+
+
+def test_null_in_ip_json_is_a_missing_field():
+    """Found by fuzzing: an explicit null reached the diagnosis as a None device or route."""
+    node = node_from_ip_json(
+        "n1", '[{"ifname": null, "addr_info": [{"family": "inet", "local": "10.0.0.2", '
+              '"prefixlen": null}]}]',
+        '[{"dst": null, "dev": null, "type": null, "gateway": "10.0.0.1"}]')
+    assert [(a.ip, a.prefixlen, a.dev) for a in node.addresses] == [("10.0.0.2", 32, "")]
+    assert [(r.dst, r.dev, r.gateway) for r in node.routes] == [("default", "", "10.0.0.1")]
