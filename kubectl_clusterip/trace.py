@@ -26,15 +26,16 @@ def dropped_after_dnat(p: Path) -> dict | None:
     if p.verdict not in ("drop", "reject") or p.dnat is None or not p.steps:
         return None
     last = p.steps[-1]
+    if last.effect.rsplit("; ", 1)[-1] not in ("drop", "reject"):  # nft: "counter; drop"
+        # No rule ended it: a base chain's policy did (kube-proxy never sets one).
+        base = last.chain if last.chain in ("INPUT", "FORWARD", "OUTPUT") else \
+            f"a base chain's policy ({last.chain} last)"
+        return {"table": last.table, "chain": base, "verdict": p.verdict,
+                "rule": f"policy {p.verdict.upper()} after: {last.rule}"}
     if "kube-proxy" in last.table or last.chain in KUBE_PROXY_CHAINS \
             or last.chain.startswith(_KUBE_PROXY_PREFIXES):
         return None
-    if last.effect in ("drop", "reject"):
-        return {"table": last.table, "chain": last.chain, "rule": last.rule,
-                "verdict": p.verdict}
-    # No rule ended it: a base chain's policy did, after the last rule the packet met.
-    return {"table": last.table, "chain": f"a base chain's policy ({last.chain} last)",
-            "rule": f"policy {p.verdict.upper()} after: {last.rule}", "verdict": p.verdict}
+    return {"table": last.table, "chain": last.chain, "rule": last.rule, "verdict": p.verdict}
 
 
 def _common_prefix(lists: list[list[Step]]) -> int:

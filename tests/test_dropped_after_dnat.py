@@ -131,3 +131,15 @@ def test_text_report_shows_the_drop_at_forwarding():
     out = trace_report(t, Node(name=S.NODE))
     assert f"{S.WEB1}:8080: same node (kind-worker): REJECT by filter {POD_FW}" in out
     assert f"{S.WEB1}:8080: none, the request never arrives" in out
+
+
+def test_a_forward_policy_drop_is_named():
+    """FORWARD policy DROP with only web-2 accepted: no rule drops web-1, the policy does."""
+    def edit(text: str) -> str:
+        text = text.replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]", 1)
+        return text.replace("-A FORWARD ", f"-A FORWARD -d {S.WEB2}/32 -j ACCEPT\n-A FORWARD ", 1)
+    t = trace(with_dump(S.load("healthy"), edit))
+    f = next(f for f in t.findings if f.code == "DroppedAfterDnat")
+    assert f"{S.WEB1}:8080" in f.message and "dropped by filter FORWARD" in f.message
+    assert f.evidence.startswith("policy DROP after: -A FORWARD ")
+    assert "PartialDispatch" not in codes(t)
