@@ -181,9 +181,11 @@ def rules_source_options(f):
     f = click.option("--snapshot", "snapshot_dir", metavar="DIR",
                      help="A snapshot directory (see `capture`) instead of a live cluster.")(f)
     f = click.option("--rules-file", "rules_files", multiple=True, metavar="DUMP",
-                     help="A node's rule dump: iptables-save, ip6tables-save, nft [-j] list "
-                          "ruleset, ipvsadm-save -n or ipset save output; the format is read "
-                          "from the content (repeatable; - is stdin).")(f)
+                     help="A node's rule dump as saved or pasted: iptables-save, iptables -S "
+                          "or -L -n -v (also ip6tables), nft [-j] list ruleset, ipvsadm-save -n "
+                          "or ipvsadm -L, ipset save or list, or Cilium's service list and bpf "
+                          "lb list; the format is read from the content (repeatable; - is "
+                          "stdin).")(f)
     return f
 
 

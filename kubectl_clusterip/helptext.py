@@ -129,11 +129,13 @@ HELP = {
         '  --color [auto|always|never]     Color the text report: auto colors a\n'
         '                                  terminal unless NO_COLOR is set.\n'
         '  -v, --debug                     On an internal error, print its traceback.\n'
-        "  --rules-file DUMP               A node's rule dump: iptables-save,\n"
-        '                                  ip6tables-save, nft [-j] list ruleset,\n'
-        '                                  ipvsadm-save -n or ipset save output; the\n'
-        '                                  format is read from the content (repeatable;\n'
-        '                                  - is stdin).\n'
+        "  --rules-file DUMP               A node's rule dump as saved or pasted:\n"
+        '                                  iptables-save, iptables -S or -L -n -v (also\n'
+        '                                  ip6tables), nft [-j] list ruleset, ipvsadm-\n'
+        '                                  save -n or ipvsadm -L, ipset save or list,\n'
+        "                                  or Cilium's service list and bpf lb list;\n"
+        '                                  the format is read from the content\n'
+        '                                  (repeatable; - is stdin).\n'
         '  --snapshot DIR                  A snapshot directory (see `capture`) instead\n'
         '                                  of a live cluster.\n'
         '  -n, --namespace TEXT            Only services in this namespace.\n'
@@ -198,10 +200,13 @@ HELP = {
         '  --color [auto|always|never]    Color the text report: auto colors a terminal\n'
         '                                 unless NO_COLOR is set.\n'
         '  -v, --debug                    On an internal error, print its traceback.\n'
-        "  --rules-file DUMP              A node's rule dump: iptables-save, ip6tables-\n"
-        '                                 save, nft [-j] list ruleset, ipvsadm-save -n\n'
-        '                                 or ipset save output; the format is read from\n'
-        '                                 the content (repeatable; - is stdin).\n'
+        "  --rules-file DUMP              A node's rule dump as saved or pasted:\n"
+        '                                 iptables-save, iptables -S or -L -n -v (also\n'
+        '                                 ip6tables), nft [-j] list ruleset, ipvsadm-\n'
+        '                                 save -n or ipvsadm -L, ipset save or list, or\n'
+        "                                 Cilium's service list and bpf lb list; the\n"
+        '                                 format is read from the content (repeatable;\n'
+        '                                 - is stdin).\n'
         '  --snapshot DIR                 A snapshot directory (see `capture`) instead\n'
         '                                 of a live cluster.\n'
         '  --to IP:PORT                   Trace a request to this address.\n'
