@@ -258,20 +258,3 @@ def test_cli_bad_dump_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert "not an IPv4 address: 'nope'" in r.output
-
-
-@pytest.mark.parametrize("bad", ["10.180.0.256", "fe80::1", "010.180.0.1", "1.2.3.4.5", "\0"])
-def test_a_rule_shape_checked_before_is_still_refused_with_a_bad_address(bad: str):
-    """Rules already checked are not checked again when they differ only in valid IPv4
-    addresses (boundary._SEEN_*): a bad address in the same place is still found."""
-    items = _items()
-    i = _first(items, "rule", "masquerading")
-    items[i]["rule"]["expr"].insert(0, _daddr("10.0.0.1"))
-    _load_everything(_compact(items), "good.json")  # this rule's shape is checked and kept
-    _load_everything(REAL_TEXT, "good.txt")
-    items[i]["rule"]["expr"][0] = _daddr(bad)
-    msg = _error(_compact(items))
-    assert f"nftables[{i}].rule.expr[0].match.right: not an IPv4 address" in msg, msg
-    text = _text_with("ip daddr 172.30.0.41 tcp dport 80", f"ip daddr {bad} tcp dport 80")
-    msg = _error(text, "ruleset.txt")
-    assert f"ruleset.txt line {_line_of(text, bad)}: not an IPv4 address" in msg, msg

@@ -533,42 +533,6 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
-# A rule checked once passes again whatever IPv4 addresses it holds: every check treats
-# each valid dotted IPv4 literal alike (no check compares two values). kube-proxy's rules
-# differ mostly in those, so the text with them blanked out keys the rules already checked
-# (bounded, like _ADDRESSES). The blank is NUL: never in valid JSON, and a text line that
-# holds one is always checked.
-_JSON_VARIES = re.compile(rf'"(?=\d){_OCTET}(?:\.{_OCTET}){{3}}"(?=[,}}\]])')
-_TEXT_VARIES = re.compile(rf"(?<![\w.:/@\"-])(?=\d){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
-_SEEN_JSON: set[str] = set()
-_SEEN_TEXT: set[str] = set()
-_SEEN_MAX = 1 << 16
-
-
-def check_rule_json(o: Any, text: str) -> list:
-    """check_rule_object for a rule object decoded from `text` (its JSON less what this
-    does not check: family, table, chain, and an integer handle); a rule that differs from
-    one already checked only in IPv4 addresses is not walked again."""
-    key = _JSON_VARIES.sub("\0", text)
-    if key in _SEEN_JSON:
-        return o.get("expr", [])
-    expr = check_rule_object(o)
-    if len(_SEEN_JSON) < _SEEN_MAX:
-        _SEEN_JSON.add(key)
-    return expr
-
-
-def check_text_values(expr: list, line: str) -> list:
-    """check_values for the rule rule_text built from `line`, once per line shape."""
-    key = _TEXT_VARIES.sub("\0", line)
-    if key in _SEEN_TEXT and "\0" not in line:
-        return expr
-    check_values(expr)
-    if len(_SEEN_TEXT) < _SEEN_MAX:
-        _SEEN_TEXT.add(key)
-    return expr
-
-
 def _address(a: Any) -> str:
     """ipv4 or ipv6 for an address literal; anything else is refused."""
     if type(a) is not str:

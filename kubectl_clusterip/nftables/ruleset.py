@@ -18,8 +18,8 @@ from kubectl_clusterip.model import ClusterIPError
 from kubectl_clusterip.nftables.boundary import (
     BadValue,
     check_element,
-    check_rule_json,
-    check_text_values,
+    check_rule_object,
+    check_values,
     shown,
     type_domain,
 )
@@ -36,9 +36,6 @@ PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "securit
               "srcnat": 100}
 _HANDLE = re.compile(r"\s*#\s*handle\s+(\d+)\s*$")
 _ELIDED_ELEMENTS = re.compile(r"(?<![\w.:])(?:\.\.\.+|…)(?![\w.:])")
-# What check_rule_json need not see: the names the locator read and an integer handle.
-_RULE_HEAD = re.compile(r'\{"rule": \{"family": "\w+", "table": "[^"\\]*", "chain": "[^"\\]*"'
-                        r'(?:, "handle": \d+(?=[,}]))?')
 _decode = json.JSONDecoder().raw_decode  # one rule object in place, no slice of the dump
 
 
@@ -302,7 +299,7 @@ class Chain:
                     line = line[: m.start()].rstrip()
                 expr, comment = parse_rule_text(line)
                 try:
-                    check_text_values(expr, line)
+                    check_values(expr)
                 except BadValue as err:
                     n = src.count("\n", 0, s) + k + 1
                     raise err.error(f"{self.source or 'nft ruleset'} line {n}", path=False) \
@@ -314,10 +311,8 @@ class Chain:
     def _json_rule(self, src: str, start: int, item: int) -> Rule:
         where = f"{self.source or 'nft JSON'}: nftables[{item}].rule"
         try:
-            doc, end = _decode(src, start)
-            o = doc["rule"]
-            head = _RULE_HEAD.match(src, start)
-            expr = check_rule_json(o, src[head.end() if head else start:end])
+            o = _decode(src, start)[0]["rule"]
+            expr = check_rule_object(o)
             return Rule(self.family, self.table, self.name, o.get("handle"), o.get("comment"),
                         expr)
         except BadValue as err:
