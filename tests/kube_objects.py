@@ -52,3 +52,33 @@ def rules_for(services: list[dict], slices: list[dict], node_obj: dict | str = "
     cidr = cluster_cidr or ("10.244.0.0/16" if family == 4 else "fd00:10:244::/56")
     cfg = ProxyConfig(cluster_cidrs=[cidr] if cidr != "none" else [], **config)  # type: ignore
     return expected_rules(services, slices, node_obj, cfg, family)
+
+
+# The kernel tests' node: pod addresses and the services/slices they program (IPv4 and IPv6).
+LAB_PODS = {"client": "10.244.1.5", "ep1": "10.244.1.6", "ep2": "10.244.1.7", "ep3": "10.244.2.5"}
+LAB_POD6 = {"client": "fd00:10:244:1::5", "ep1": "fd00:10:244:1::6", "ep2": "fd00:10:244:1::7"}
+
+
+def lab_objects() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    eps = [(LAB_PODS["ep1"], "node"), (LAB_PODS["ep2"], "node"), (LAB_PODS["ep3"], "node2")]
+    http = [("http", 8080, "tcp")]
+    svcs = [
+        service("web", "10.96.0.20", [("http", 80, "tcp", 8080)], "shop"),
+        service("empty", "10.96.0.21", [("http", 80, "tcp", 8080)], "shop"),
+        service("self", "10.96.0.22", [("http", 80, "tcp", 8081)], "shop"),
+        service("dns", "10.96.0.10", [("dns", 53, "udp", 5353)], "kube-system"),
+        service("two", "10.96.0.23", [("http", 80, "tcp", 8080), ("metrics", 9090, "tcp", 9090)],
+                "shop"),
+        service("sticky", "10.96.0.24", [("http", 80, "tcp", 8080)], "shop", affinity=300),
+    ]
+    slices = [
+        endpoint_slice("web", eps, http, "shop"),
+        endpoint_slice("self", [(LAB_PODS["client"], "node")], [("http", 8081, "tcp")], "shop"),
+        endpoint_slice("dns", eps[:2], [("dns", 5353, "udp")], "kube-system"),
+        endpoint_slice("two", eps[:2], [*http, ("metrics", 9090, "tcp")], "shop"),
+        endpoint_slice("sticky", eps, http, "shop"),
+    ]
+    svc6 = [service("web6", "fd00:10:96::20", [("http", 80, "tcp", 8080)], "shop")]
+    slices6 = [endpoint_slice("web6", [(LAB_POD6["ep1"], "node"), (LAB_POD6["ep2"], "node")], http,
+                              "shop", family=6)]
+    return svcs, slices, svc6, slices6

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from kube_objects import endpoint_slice, node, rules_for, service
+from kube_objects import LAB_POD6, LAB_PODS, lab_objects, node, rules_for
 from netlab import Lab, parse_conntrack, require_root_tools, tally
 
 from kubectl_clusterip.conntrack import expected_entry
@@ -23,34 +23,10 @@ REASON = require_root_tools("ip", "iptables-restore", "iptables-save", "ip6table
                             "conntrack")
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
-PODS = {"client": "10.244.1.5", "ep1": "10.244.1.6", "ep2": "10.244.1.7", "ep3": "10.244.2.5"}
-POD6 = {"client": "fd00:10:244:1::5", "ep1": "fd00:10:244:1::6", "ep2": "fd00:10:244:1::7"}
+PODS, POD6 = LAB_PODS, LAB_POD6
 WEB = ("shop", "web", "10.96.0.20")
 
 
-def _objects() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    eps = [(PODS["ep1"], "node"), (PODS["ep2"], "node"), (PODS["ep3"], "node2")]
-    http = [("http", 8080, "tcp")]
-    svcs = [
-        service("web", "10.96.0.20", [("http", 80, "tcp", 8080)], "shop"),
-        service("empty", "10.96.0.21", [("http", 80, "tcp", 8080)], "shop"),
-        service("self", "10.96.0.22", [("http", 80, "tcp", 8081)], "shop"),
-        service("dns", "10.96.0.10", [("dns", 53, "udp", 5353)], "kube-system"),
-        service("two", "10.96.0.23", [("http", 80, "tcp", 8080), ("metrics", 9090, "tcp", 9090)],
-                "shop"),
-        service("sticky", "10.96.0.24", [("http", 80, "tcp", 8080)], "shop", affinity=300),
-    ]
-    slices = [
-        endpoint_slice("web", eps, http, "shop"),
-        endpoint_slice("self", [(PODS["client"], "node")], [("http", 8081, "tcp")], "shop"),
-        endpoint_slice("dns", eps[:2], [("dns", 5353, "udp")], "kube-system"),
-        endpoint_slice("two", eps[:2], [*http, ("metrics", 9090, "tcp")], "shop"),
-        endpoint_slice("sticky", eps, http, "shop"),
-    ]
-    svc6 = [service("web6", "fd00:10:96::20", [("http", 80, "tcp", 8080)], "shop")]
-    slices6 = [endpoint_slice("web6", [(POD6["ep1"], "node"), (POD6["ep2"], "node")], http,
-                              "shop", family=6)]
-    return svcs, slices, svc6, slices6
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +35,7 @@ def lab():
         for name, ip in PODS.items():
             lab.add_pod(name, ip, ipv6=POD6.get(name), node="node2" if name == "ep3" else "node")
         lab.add_external("ext", "172.18.0.3")
-        svcs, slices, svc6, slices6 = _objects()
+        svcs, slices, svc6, slices6 = lab_objects()
         me = node("node", "172.18.0.2", ["10.244.1.0/24", "fd00:10:244:1::/64"])
         lab.load_iptables(rules_for(svcs, slices, me), family=4)
         lab.load_iptables(rules_for(svc6, slices6, me, family=6), family=6)

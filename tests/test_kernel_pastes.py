@@ -12,7 +12,7 @@ endpoints with their odds, masquerade) for every request in the scenario.
 from __future__ import annotations
 
 import pytest
-from kube_objects import endpoint_slice, node, rules_for, service
+from kube_objects import lab_objects, node, rules_for
 from netlab import kernel_round_trip, require_root_tools
 
 from kubectl_clusterip.dumps import build_dataplanes
@@ -29,31 +29,12 @@ NODE = Node("node")
 
 
 def _current() -> str:
-    eps = [(PODS["ep1"], "node"), (PODS["ep2"], "node"), (PODS["ep3"], "node2")]
-    http = [("http", 8080, "tcp")]
-    svcs = [
-        service("web", "10.96.0.20", [("http", 80, "tcp", 8080)], "shop"),
-        service("empty", "10.96.0.21", [("http", 80, "tcp", 8080)], "shop"),
-        service("self", "10.96.0.22", [("http", 80, "tcp", 8081)], "shop"),
-        service("dns", "10.96.0.10", [("dns", 53, "udp", 5353)], "kube-system"),
-        service("two", "10.96.0.23", [("http", 80, "tcp", 8080), ("metrics", 9090, "tcp", 9090)],
-                "shop"),
-        service("sticky", "10.96.0.24", [("http", 80, "tcp", 8080)], "shop", affinity=300),
-    ]
-    slices = [
-        endpoint_slice("web", eps, http, "shop"),
-        endpoint_slice("self", [(PODS["client"], "node")], [("http", 8081, "tcp")], "shop"),
-        endpoint_slice("dns", eps[:2], [("dns", 5353, "udp")], "kube-system"),
-        endpoint_slice("two", eps[:2], [*http, ("metrics", 9090, "tcp")], "shop"),
-        endpoint_slice("sticky", eps, http, "shop"),
-    ]
+    svcs, slices, _, _ = lab_objects()
     return rules_for(svcs, slices, ME)
 
 
 def _ipv6() -> str:
-    svc6 = [service("web6", "fd00:10:96::20", [("http", 80, "tcp", 8080)], "shop")]
-    slices6 = [endpoint_slice("web6", [("fd00:10:244:1::6", "node"), ("fd00:10:244:1::7", "node")],
-                              [("http", 8080, "tcp")], "shop", family=6)]
+    _, _, svc6, slices6 = lab_objects()
     return rules_for(svc6, slices6, ME, family=6)
 
 
